@@ -1,0 +1,21 @@
+"""kd_utils: knowledge distillation from a large teacher CNN to a small student CNN.
+
+The pipeline, one module per step: data -> models -> losses -> distill -> train -> metrics -> plots ->
+results -> experiments -> cli.
+"""
+
+from .data import DATASETS, DataConfig, DataSplits, TensorLoader, load_dataset, prepare_data
+from .distill import DistillConfig, build_distiller
+from .experiments import ExperimentConfig, run_study, train_experiment
+from .losses import FeatureRegressor, hidden_state_loss, kd_loss, regressor_loss, soft_target_kl
+from .metrics import classification_metrics
+from .models import build_model, count_parameters, list_models
+from .train import TrainConfig, fit
+
+__all__ = [
+    "DATASETS", "DataConfig", "DataSplits", "DistillConfig", "ExperimentConfig", "FeatureRegressor",
+    "TensorLoader", "TrainConfig", "build_distiller", "build_model", "classification_metrics",
+    "count_parameters", "fit", "hidden_state_loss", "kd_loss", "list_models", "load_dataset",
+    "prepare_data", "regressor_loss", "run_study", "soft_target_kl", "train_experiment",
+]  # fmt: skip
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from kd_utils.cli import main
+
+raise SystemExit(main())

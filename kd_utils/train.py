@@ -1,0 +1,310 @@
+"""One trainer for the teacher, the baseline student and every distillation method.
+
+``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` on the validation split, keeps a per-epoch
+history, writes ``last.pt`` every epoch and ``best.pt`` on a new best validation F1 (atomically), resumes
+from ``last.pt``, and restores the best epoch's weights at the end. The test split is never seen here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .data import DataSplits, TensorLoader
+from .distill import Distiller
+from .metrics import classification_metrics
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 128  # images per step
+    lr: float = 0.05  # peak learning rate (SGD); use ~2e-3 with adamw
+    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
+    schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | onecycle
+    warmup_epochs: float = 1.0  # linear warm-up length for the cosine schedule
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
+    seed: int = 0  # weight init, batch order and augmentation
+    log_every: int = 20  # steps between progress-bar updates (and non-finite checks on GPUs)
+    progress: bool = True  # tqdm.auto bars
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    best_epoch: int = 0  # 1-based epoch with the best validation F1
+    best_val_f1: float = -1.0
+    seconds: float = 0.0  # wall time spent training, summed over resumed sessions
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (emulated bf16 is slower than fp32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype (``torch.float32`` means no autocast)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose from: {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose from: {', '.join(OPTIMIZERS)}")
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "cosine":
+        warmup = min(total, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    raise ValueError(f"unknown schedule '{cfg.schedule}'; choose from: {', '.join(SCHEDULES)}")
+
+
+@torch.no_grad()
+def infer(model: nn.Module, loader: TensorLoader, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Logits for every image of an (unshuffled) loader, in order, as float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    with autocast(loader.device, dtype):
+        for x, _ in loader:
+            outs.append(model(x).float())
+    model.train(was_training)
+    return torch.cat(outs).cpu()
+
+
+def evaluate(model: nn.Module, loader: TensorLoader, class_names, dtype=torch.float32) -> dict:
+    """Loss and classification metrics of ``model`` on a loader's images."""
+    logits = infer(model, loader, dtype)
+    labels = loader.labels.cpu()
+    metrics = classification_metrics(labels, logits.argmax(1), class_names)
+    metrics["loss"] = nn.functional.cross_entropy(logits, labels).item()
+    return metrics
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous file whole
+
+
+def trainable_state(distiller: Distiller) -> dict:
+    return {"model": distiller.student.state_dict(), "adapters": distiller.adapters.state_dict()}
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+RESUME_IGNORED = {"device", "log_every", "progress"}  # settings a resumed run may change
+
+
+def check_resumable(saved: dict, current: dict, path: Path) -> None:
+    diff = [k for k in current if k not in RESUME_IGNORED and saved.get(k) != current[k]]
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume from {path}: training settings differ ({changes}); drop --resume or use another checkpoint dir")
+
+
+def train_one_epoch(distiller, loader, opt, scheduler, dtype, scaler, cfg, epoch, bar) -> dict:
+    """One pass; returns mean loss parts and accuracy over labeled images. Syncs only at log points."""
+    distiller.train()
+    device = loader.device
+    sums: dict[str, Tensor] = {}
+    correct = torch.zeros((), device=device)
+    labeled = torch.zeros((), device=device)
+    check_every = 1 if device.type == "cpu" else cfg.log_every
+    for step, (x, y) in enumerate(loader):
+        with autocast(device, dtype):
+            loss, logits, parts = distiller(x, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        scheduler.step()
+        parts = {"loss": loss.detach(), **parts}
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0) + v.float()
+        mask = y >= 0
+        correct += (logits.argmax(1) == y)[mask].sum()
+        labeled += mask.sum()
+        if (step + 1) % check_every == 0 and not torch.isfinite(loss):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step + 1}: {detail}")
+        if bar is not None and (step + 1) % cfg.log_every == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(correct / labeled.clamp_min(1)).item():.3f}")
+        if bar is not None:
+            bar.update(1)
+    n_steps = max(1, len(loader))
+    out = {k: (v / n_steps).item() for k, v in sums.items()}
+    if not math.isfinite(out.get("loss", 0.0)):
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in out.items())
+        raise NonFiniteLossError(f"non-finite loss in epoch {epoch} (mean over its steps): {detail}")
+    out["train_acc"] = (correct / labeled.clamp_min(1)).item()
+    return out
+
+
+def fit(
+    distiller: Distiller,
+    data: DataSplits,
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    log=None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``distiller`` (student + adapters) on ``data.train``, select by validation macro F1.
+
+    With ``checkpoint_dir``, ``last.pt`` is written after each epoch and ``best.pt`` on improvement; with
+    ``resume`` a present ``last.pt`` is loaded and training goes on from the epoch after it. The best
+    epoch's weights are loaded back into the distiller before returning.
+    """
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    channels_last = device.type == "cuda"
+    distiller.to(device)
+    if channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    names = data.info.classes
+    train_loader = TensorLoader(
+        data.train_x, data.train_y, data.info, cfg.batch_size, device, train=True, seed=cfg.seed,
+        channels_last=channels_last,
+    )  # fmt: skip
+    val_loader = TensorLoader(data.val_x, data.val_y, data.info, 512, device, channels_last=channels_last)
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    opt = build_optimizer(params, cfg)
+    scheduler = build_scheduler(opt, cfg, len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    result = FitResult()
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+    start_epoch = 1
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last = ckpt_dir / "last.pt"
+        if resume and last.exists():
+            state = load_checkpoint(last)
+            check_resumable(state.get("train_config", {}), asdict(cfg), last)
+            distiller.student.load_state_dict(state["model"])
+            distiller.adapters.load_state_dict(state["adapters"])
+            opt.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            result = FitResult(**state["result"])
+            start_epoch = state["epoch"] + 1
+            if log:
+                log(f"resumed {desc} from {last} after epoch {state['epoch']}")
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(train_loader), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
+        try:
+            parts = train_one_epoch(distiller, train_loader, opt, scheduler, dtype, scaler, cfg, epoch, bar)
+        finally:
+            bar.close()
+        train_seconds = time.perf_counter() - t0
+        val = evaluate(distiller.student, val_loader, names, dtype)
+        seconds = time.perf_counter() - t0
+        row = {
+            "epoch": epoch,
+            **parts,
+            "val_loss": val["loss"],
+            "val_acc": val["accuracy"],
+            "val_f1": val["f1"],
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_s": len(train_loader) * cfg.batch_size / train_seconds,
+        }
+        result.history.append(row)
+        result.seconds += seconds
+        improved = row["val_f1"] > result.best_val_f1
+        if improved:
+            result.best_epoch, result.best_val_f1 = epoch, row["val_f1"]
+        if log:
+            log(format_epoch(desc, row, cfg.epochs, improved))
+        if ckpt_dir is not None:
+            state = {
+                **trainable_state(distiller),
+                "optimizer": opt.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "result": asdict(result),
+                "train_config": asdict(cfg),
+            }
+            if improved:
+                _atomic_save({**trainable_state(distiller), "epoch": epoch}, ckpt_dir / "best.pt")
+            _atomic_save(state, ckpt_dir / "last.pt")
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in distiller.state_dict().items()}
+    if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+        best = load_checkpoint(ckpt_dir / "best.pt")
+        distiller.student.load_state_dict(best["model"])
+        distiller.adapters.load_state_dict(best["adapters"])
+    elif result.history:
+        distiller.load_state_dict(best_state)
+    return result
+
+
+def format_epoch(desc: str, row: dict, epochs: int, improved: bool) -> str:
+    skip = {"epoch", "loss", "train_acc", "val_loss", "val_acc", "val_f1", "lr", "seconds", "images_per_s"}
+    parts = " ".join(f"{k} {v:.3f}" for k, v in row.items() if k not in skip)
+    return (
+        f"{desc} epoch {row['epoch']:>3}/{epochs} loss {row['loss']:.3f} ({parts}) "
+        f"train_acc {row['train_acc']:.4f} val_acc {row['val_acc']:.4f} val_f1 {row['val_f1']:.4f} "
+        f"lr {row['lr']:.4f} {row['seconds']:.1f}s {row['images_per_s']:.0f} img/s{' *' if improved else ''}"
+    )
