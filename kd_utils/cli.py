@@ -36,10 +36,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = sub.add_parser("run", help="train the teacher, the baseline student and distilled students")
     d = DEFAULTS
-    run.add_argument("--experiment", default="all", choices=EXPERIMENT_CHOICES,
-                     help="what to run (1/2/3 = logit/hidden/regressor); the teacher and baseline come with every method")
+    run.add_argument(
+        "--experiment",
+        default="all",
+        choices=EXPERIMENT_CHOICES,
+        help="what to run (1/2/3 = logit/hidden/regressor); the teacher and baseline come with every method",
+    )
     run.add_argument("--dataset", default=d.dataset, help="cifar10 | fashion-mnist | synthetic")
-    run.add_argument("--data-dir", default=d.data_dir, help="dataset folder (downloaded there on first use when online)")
+    run.add_argument(
+        "--data-dir", default=d.data_dir, help="dataset folder (downloaded there on first use when online)"
+    )
     run.add_argument("--epochs", type=int, default=d.epochs, help="student epochs")
     run.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs, help="teacher epochs")
     run.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -50,21 +56,33 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--teacher", default=d.teacher, help="teacher architecture: teacher_cnn | resnet18 | student_cnn")
     run.add_argument("--student", default=d.student, help="student architecture")
     run.add_argument("--teacher-checkpoint", default=d.teacher_checkpoint, help="use these teacher weights (.pt)")
-    run.add_argument("--student-checkpoint", default=d.student_checkpoint, help="initialise students from these weights")
+    run.add_argument(
+        "--student-checkpoint", default=d.student_checkpoint, help="initialise students from these weights"
+    )
     run.add_argument("--alpha", type=float, default=d.alpha, help="logit KD: weight of the soft-target KL, in [0, 1]")
     run.add_argument("--temperature", type=float, default=d.temperature, help="logit KD: temperature T > 0")
-    run.add_argument("--feature-weight", type=float, default=d.feature_weight, help="hidden/regressor: weight of the feature term")
-    run.add_argument("--level-weights", type=_float_list, default=d.level_weights, help="one weight per matched level, e.g. 0.5,1,1")
+    run.add_argument(
+        "--feature-weight", type=float, default=d.feature_weight, help="hidden/regressor: weight of the feature term"
+    )
+    run.add_argument(
+        "--level-weights", type=_float_list, default=d.level_weights, help="one weight per matched level, e.g. 0.5,1,1"
+    )
     run.add_argument("--feature-kind", default=d.feature_kind, help="hidden: cosine | mse")
     run.add_argument("--channel-match", default=d.channel_match, help="hidden: pool | truncate")
     run.add_argument("--spatial-size", type=int, default=d.spatial_size, help="hidden: pooled map size")
-    run.add_argument("--labeled-fraction", type=float, default=d.labeled_fraction, help="fraction of training labels used, in (0, 1]")
-    run.add_argument("--val-size", type=int, default=d.val_size, help="validation images carved from train (default 5000)")
+    run.add_argument(
+        "--labeled-fraction", type=float, default=d.labeled_fraction, help="fraction of training labels used, in (0, 1]"
+    )
+    run.add_argument(
+        "--val-size", type=int, default=d.val_size, help="validation images carved from train (default 5000)"
+    )
     run.add_argument("--train-size", type=int, default=d.train_size, help="stratified training subset")
     run.add_argument("--test-size", type=int, default=d.test_size, help="stratified test subset")
     run.add_argument("--seed", type=int, default=d.seed)
     run.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    run.add_argument("--results-path", default="runs/results.json", help="results file, .json (full) or .csv (one row per run)")
+    run.add_argument(
+        "--results-path", default="runs/results.json", help="results file, .json (full) or .csv (one row per run)"
+    )
     run.add_argument("--checkpoint-dir", default=d.checkpoint_dir, help="teacher cache and run checkpoints")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last.pt")
     run.add_argument("--allow-weak-teacher", action="store_true", help="distil even from a teacher near chance")

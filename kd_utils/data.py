@@ -52,8 +52,16 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "fashion-mnist": DatasetInfo(
         classes=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),  # fmt: skip
         in_channels=1,
         image_size=28,
@@ -255,6 +263,8 @@ UNLABELED = -100  # the default ignore_index of torch's cross-entropy
 def prepare_data(cfg: DataConfig) -> DataSplits:
     """Load a dataset and split it: validation carved from train, optional subsets, labeled fraction."""
     info = dataset_info(cfg.dataset)
+    if not 0 < cfg.labeled_fraction <= 1:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {cfg.labeled_fraction}")
     train_x, train_y = load_dataset(cfg.dataset, cfg.data_dir, train=True, download=cfg.download)
     test_x, test_y = load_dataset(cfg.dataset, cfg.data_dir, train=False, download=cfg.download)
     val_size = info.default_val_size if cfg.val_size is None else cfg.val_size
@@ -267,8 +277,6 @@ def prepare_data(cfg: DataConfig) -> DataSplits:
     if cfg.test_size is not None and cfg.test_size < len(test_y):
         _, keep = stratified_subset(test_y, cfg.test_size, cfg.seed + 2)
         test_x, test_y = test_x[keep], test_y[keep]
-    if not 0 < cfg.labeled_fraction <= 1:
-        raise ValueError(f"labeled_fraction must be in (0, 1], got {cfg.labeled_fraction}")
     if cfg.labeled_fraction < 1:
         n_labeled = min(len(train_y) - 1, max(info.num_classes, round(cfg.labeled_fraction * len(train_y))))
         unlabeled, _ = stratified_subset(train_y, n_labeled, cfg.seed + 3)

@@ -12,18 +12,27 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .data import DataConfig, DataSplits, TensorLoader, prepare_data
+from .data import DATASETS, DataConfig, DataSplits, TensorLoader, prepare_data
 from .distill import DISTILLERS, DistillConfig, build_distiller
 from .losses import CHANNEL_MATCHES, FEATURE_KINDS
-from .models import build_model, count_parameters
+from .models import MODELS, build_model, count_parameters
 from .results import append_run
-from .train import PRECISIONS, TrainConfig, evaluate, fit, load_checkpoint, resolve_device, resolve_precision
+from .train import (
+    OPTIMIZERS,
+    PRECISIONS,
+    TrainConfig,
+    evaluate,
+    fit,
+    load_checkpoint,
+    resolve_device,
+    resolve_precision,
+)
 
 EXPERIMENTS = ("teacher", *DISTILLERS)  # teacher, baseline, logit, hidden, regressor
 STUDENT_METHODS = tuple(m for m in DISTILLERS if m != "baseline")
@@ -78,18 +87,20 @@ class ExperimentConfig:
 
 def validate(cfg: ExperimentConfig) -> None:
     """Raise ``ValueError`` naming the first bad setting, before any data is loaded or trained."""
-    from .data import DATASETS
-    from .models import MODELS
-    from .train import OPTIMIZERS
-
     checks = [
         (cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}'; choose from: {', '.join(DATASETS)}"),
         (cfg.teacher in MODELS, f"unknown teacher '{cfg.teacher}'; choose from: {', '.join(MODELS)}"),
         (cfg.student in MODELS, f"unknown student '{cfg.student}'; choose from: {', '.join(MODELS)}"),
         (cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}'; choose from: {', '.join(OPTIMIZERS)}"),
         (cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose from: {', '.join(PRECISIONS)}"),
-        (cfg.feature_kind in FEATURE_KINDS, f"unknown feature kind '{cfg.feature_kind}'; choose from: {', '.join(FEATURE_KINDS)}"),
-        (cfg.channel_match in CHANNEL_MATCHES, f"unknown channel match '{cfg.channel_match}'; choose from: {', '.join(CHANNEL_MATCHES)}"),
+        (
+            cfg.feature_kind in FEATURE_KINDS,
+            f"unknown feature kind '{cfg.feature_kind}'; choose from: {', '.join(FEATURE_KINDS)}",
+        ),
+        (
+            cfg.channel_match in CHANNEL_MATCHES,
+            f"unknown channel match '{cfg.channel_match}'; choose from: {', '.join(CHANNEL_MATCHES)}",
+        ),
         (0 <= cfg.alpha <= 1, f"alpha must be in [0, 1], got {cfg.alpha}"),
         (cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"),
         (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
@@ -111,13 +122,20 @@ def validate(cfg: ExperimentConfig) -> None:
     resolve_device(cfg.device)
     info_channels = DATASETS[cfg.dataset].in_channels
     n_classes = DATASETS[cfg.dataset].num_classes
-    for role, path, arch in (("teacher", cfg.teacher_checkpoint, cfg.teacher), ("student", cfg.student_checkpoint, cfg.student)):
+    for role, path, arch in (
+        ("teacher", cfg.teacher_checkpoint, cfg.teacher),
+        ("student", cfg.student_checkpoint, cfg.student),
+    ):
         if path is not None:
             load_weights(build_model(arch, info_channels, n_classes), path, role)
     if cfg.level_weights is not None:
-        n_levels = min(len(build_model(m, info_channels, n_classes).feature_channels) for m in (cfg.teacher, cfg.student))
+        n_levels = min(
+            len(build_model(m, info_channels, n_classes).feature_channels) for m in (cfg.teacher, cfg.student)
+        )
         if len(cfg.level_weights) != n_levels:
-            raise ValueError(f"got {len(cfg.level_weights)} level weights for {n_levels} matched levels; give one per level")
+            raise ValueError(
+                f"got {len(cfg.level_weights)} level weights for {n_levels} matched levels; give one per level"
+            )
 
 
 def load_weights(model: torch.nn.Module, path: str | Path, role: str) -> torch.nn.Module:
@@ -127,7 +145,9 @@ def load_weights(model: torch.nn.Module, path: str | Path, role: str) -> torch.n
     except FileNotFoundError:
         raise ValueError(f"{role} checkpoint {path} does not exist") from None
     except Exception as err:  # unpickling errors, truncated files, non-weights content
-        raise ValueError(f"{role} checkpoint {path} is unreadable ({type(err).__name__}); pass a .pt written by kd_utils") from None
+        raise ValueError(
+            f"{role} checkpoint {path} is unreadable ({type(err).__name__}); pass a .pt written by kd_utils"
+        ) from None
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
@@ -197,13 +217,17 @@ def train_experiment(
     record_path = folder / "run.json"
     if experiment in ("teacher", "baseline") and record_path.exists() and (folder / "best.pt").exists():
         load_weights(model, folder / "best.pt", experiment)
-        record = {**json.loads(record_path.read_text()), "cached": True}
+        # weights come from the cache; the test report is always made on this run's test split
+        record = {**json.loads(record_path.read_text()), "cached": True, "config": asdict(cfg)}
+        record.update(data_sizes=data.sizes(), test=test_report(model, data, cfg))
         if log:
             log(f"{experiment}: loaded cached run from {folder}")
         return model, record
     if experiment != "teacher" and cfg.student_checkpoint:
         load_weights(model, cfg.student_checkpoint, "student")
-    distiller = build_distiller("baseline" if experiment == "teacher" else experiment, model, teacher, cfg.distill_config())
+    distiller = build_distiller(
+        "baseline" if experiment == "teacher" else experiment, model, teacher, cfg.distill_config()
+    )
     epochs = cfg.teacher_epochs if experiment == "teacher" else cfg.epochs
     train_cfg = cfg.train_config(epochs)
     fit_result = fit(distiller, data, train_cfg, folder, resume=cfg.resume, log=log, desc=experiment)
@@ -231,7 +255,9 @@ def load_or_train_teacher(cfg: ExperimentConfig, data: DataSplits, log=print) ->
     """The teacher from ``--teacher-checkpoint``, the cache, or a fresh run; frozen, in eval mode."""
     if cfg.teacher_checkpoint:
         torch.manual_seed(cfg.seed)
-        teacher = load_weights(build_model(cfg.teacher, data.info.in_channels, data.info.num_classes), cfg.teacher_checkpoint, "teacher")
+        teacher = load_weights(
+            build_model(cfg.teacher, data.info.in_channels, data.info.num_classes), cfg.teacher_checkpoint, "teacher"
+        )
         record = {"experiment": "teacher", "config": asdict(cfg), "params": count_parameters(teacher), "history": [],
                   "best_epoch": None, "seconds": 0.0, "test": test_report(teacher, data, cfg), "cached": True,
                   "source": str(cfg.teacher_checkpoint), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
@@ -277,9 +303,9 @@ def run_study(
     teacher = None
     if any(e in STUDENT_METHODS for e in experiments) or "teacher" in experiments:
         teacher, record = load_or_train_teacher(cfg, data, log)
-        done(record)
         if any(e in STUDENT_METHODS for e in experiments):
-            check_teacher_strength(teacher, data, cfg)
+            check_teacher_strength(teacher, data, cfg)  # before anything is recorded or distilled
+        done(record)
     _, record = train_experiment("baseline", cfg, data, log=log)
     done(record)
     for experiment in experiments:

@@ -24,7 +24,13 @@ def classification_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict:
         "recall": float(macro[1]),
         "f1": float(macro[2]),
         "per_class": [
-            {"class": name, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            {
+                "class": name,
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),

@@ -7,7 +7,7 @@ stage ``[(B, C_i, H_i, W_i), ...]``; ``forward_head(last_map)`` turns the last m
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

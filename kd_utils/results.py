@@ -35,7 +35,10 @@ def load_runs(path: str | Path) -> list[dict]:
     try:
         if path.suffix == ".csv":
             with open(path, newline="") as f:
-                return list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or "experiment" not in reader.fieldnames:
+                    raise csv.Error("no header with an 'experiment' column")
+                return list(reader)
         runs = json.loads(path.read_text())["runs"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(f"results file {path} is unreadable ({err}); move it away or pick another path") from None

@@ -1,0 +1,263 @@
+"""Throughput benchmark: the project's training path against the usual PyTorch way, side by side.
+
+    python benchmarks/throughput.py --device cpu --json benchmarks/results/cpu.json
+    python benchmarks/throughput.py --short          # a few seconds: checks that it runs (CI)
+
+Measures images per second of (1) batch delivery: TensorLoader vs torchvision DataLoader + PIL transforms
+with 0 and 2 workers, the same crop+flip+normalise on CIFAR-sized images; (2) a training step of the
+student and of the teacher, and teacher inference; (3) one distillation step per method; (4) one epoch of
+logit distillation the project's way vs a reference loop (DataLoader + PIL, fp32, teacher under no_grad).
+Images are random uint8 CIFAR-shaped tensors: speed does not depend on their content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kd_utils.data import DATASETS, TensorLoader  # noqa: E402
+from kd_utils.distill import DistillConfig, build_distiller  # noqa: E402
+from kd_utils.models import build_model  # noqa: E402
+from kd_utils.train import (  # noqa: E402
+    TrainConfig,
+    autocast,
+    build_optimizer,
+    resolve_device,
+    resolve_precision,
+    train_one_epoch,
+)
+
+INFO = DATASETS["cifar10"]
+
+
+class PILDataset(Dataset):
+    """CIFAR-style dataset: one PIL image per item, transformed per sample (torchvision's usual recipe)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+        self.labels = labels.tolist()
+        self.transform = transforms.Compose(
+            [
+                transforms.RandomCrop(32, padding=4),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                transforms.Normalize(INFO.mean, INFO.std),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median seconds per call of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def delivery_rate(loader, device: torch.device, max_batches: int) -> float:
+    """Images per second delivered to ``device`` (ready for the model) over up to ``max_batches``."""
+    it = iter(loader)
+    next(it)  # start-up (worker spawn) is not part of the steady-state rate
+    n, t0 = 0, time.perf_counter()
+    for b, (x, _) in enumerate(it):
+        x = x.to(device, non_blocking=True)
+        n += len(x)
+        if b + 1 >= max_batches:
+            break
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_pipeline(images, labels, device, batch_size, max_batches) -> dict:
+    out = {"tensor_pipeline": delivery_rate(TensorLoader(images, labels, INFO, batch_size, device, train=True), device, max_batches)}
+    dataset = PILDataset(images, labels)
+    for workers in (0, 2):
+        loader = DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                            pin_memory=device.type == "cuda", persistent_workers=False)  # fmt: skip
+        out[f"dataloader_pil_{workers}_workers"] = delivery_rate(loader, device, max_batches)
+    return out
+
+
+def bench_steps(device, dtype, channels_last, batch_size, warmup, repeats) -> dict:
+    """Images/s of training steps, teacher inference and one step of each distillation method."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    teacher = build_model("teacher_cnn").to(device, memory_format=fmt).eval().requires_grad_(False)
+    out = {}
+
+    def step_of(distiller):
+        opt = build_optimizer([p for p in distiller.parameters() if p.requires_grad], TrainConfig())
+
+        def step():
+            with autocast(device, dtype):
+                loss, _, _ = distiller(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    for role in ("student", "teacher"):
+        model = build_model(f"{role}_cnn").to(device, memory_format=fmt)
+        seconds = timed(step_of(build_distiller("baseline", model)), device, warmup, repeats)
+        out[f"{role}_train_step"] = batch_size / seconds
+
+    def infer():
+        with torch.no_grad(), autocast(device, dtype):
+            teacher(x)
+
+    out["teacher_inference"] = batch_size / timed(infer, device, warmup, repeats)
+    for method in ("logit", "hidden", "regressor"):
+        student = build_model("student_cnn").to(device, memory_format=fmt)
+        distiller = build_distiller(method, student, teacher, DistillConfig()).to(device, memory_format=fmt)
+        out[f"{method}_kd_step"] = batch_size / timed(step_of(distiller), device, warmup, repeats)
+    return out
+
+
+def project_epoch(images, labels, device, dtype, batch_size) -> float:
+    """Seconds for one logit-KD epoch the project's way: TensorLoader + trainer step, its precision, channels_last."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    teacher = build_model("teacher_cnn").to(device, memory_format=fmt)
+    distiller = build_distiller("logit", build_model("student_cnn"), teacher).to(device, memory_format=fmt)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, progress=False, log_every=10**9)
+    opt = build_optimizer([p for p in distiller.parameters() if p.requires_grad], cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    loader = TensorLoader(images, labels, INFO, batch_size, device, train=True, channels_last=True)
+    sync(device)
+    t0 = time.perf_counter()
+    train_one_epoch(distiller, loader, opt, scheduler, dtype, scaler, cfg, 1, None)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def reference_epoch(images, labels, device, batch_size, workers=2) -> float:
+    """Seconds for one logit-KD epoch written the usual way: DataLoader + PIL, fp32, no_grad teacher."""
+    torch.manual_seed(0)
+    teacher = build_model("teacher_cnn").to(device).eval()
+    student = build_model("student_cnn").to(device).train()
+    opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    loader = DataLoader(PILDataset(images, labels), batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    sync(device)
+    t0 = time.perf_counter()
+    temperature, alpha = 4.0, 0.9
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        kd = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1), reduction="batchmean")
+        loss = (1 - alpha) * F.cross_entropy(s_logits, y) + alpha * temperature**2 * kd
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def describe(device: torch.device, dtype: torch.dtype) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "device": f"{device.type}: {name}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "precision": str(dtype).removeprefix("torch."),
+        "channels_last": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (the project's fast path)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--images", type=int, default=10_000, help="images in the benchmark dataset (one epoch)")
+    parser.add_argument("--pipeline-batches", type=int, default=60, help="batches timed per delivery method")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per step benchmark")
+    parser.add_argument("--short", action="store_true", help="tiny sizes: checks the benchmark runs (seconds)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.images, args.pipeline_batches, args.repeats, args.batch_size = 512, 3, 2, 64
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (args.images,), generator=g)
+    warmup = 1 if args.short else 3
+
+    report = describe(device, dtype)
+    report["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report["pipeline_images_per_s"] = bench_pipeline(images, labels, device, args.batch_size, args.pipeline_batches)
+    report["fast_path_images_per_s"] = bench_steps(device, dtype, True, args.batch_size, warmup, args.repeats)
+    report["fp32_plain_images_per_s"] = bench_steps(device, torch.float32, False, args.batch_size, warmup, args.repeats)
+    epoch = {"project_s": project_epoch(images, labels, device, dtype, args.batch_size)}
+    epoch["reference_s"] = reference_epoch(images, labels, device, args.batch_size)
+    report["logit_kd_epoch"] = epoch
+
+    pipe, fast = report["pipeline_images_per_s"], report["fast_path_images_per_s"]
+    report["pipeline_speedup"] = pipe["tensor_pipeline"] / pipe["dataloader_pil_2_workers"]
+    # seconds per image: KD step vs (student step + teacher inference)
+    report["kd_step_overhead"] = (1 / fast["logit_kd_step"]) / (1 / fast["student_train_step"] + 1 / fast["teacher_inference"])
+    report["epoch_speedup"] = epoch["reference_s"] / epoch["project_s"]
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [f"device {r['device']} | torch {r['torch']} | threads {r['threads']} | fast path: {r['precision']} + channels_last"]
+    lines.append(f"{'batch delivery':<34} {'images/s':>10}")
+    for k, v in r["pipeline_images_per_s"].items():
+        lines.append(f"  {k:<32} {v:>10,.0f}")
+    lines.append(f"{'step':<34} {'fast path':>10} {'fp32 plain':>10} {'ratio':>6}")
+    for k, v in r["fast_path_images_per_s"].items():
+        plain = r["fp32_plain_images_per_s"][k]
+        lines.append(f"  {k:<32} {v:>10,.0f} {plain:>10,.0f} {v / plain:>6.2f}")
+    e = r["logit_kd_epoch"]
+    lines.append(f"logit-KD epoch: project {e['project_s']:.1f}s, reference (DataLoader+PIL, fp32) {e['reference_s']:.1f}s")
+    lines.append(
+        f"pipeline_speedup {r['pipeline_speedup']:.2f}x | kd_step_overhead {r['kd_step_overhead']:.3f} | "
+        f"epoch_speedup {r['epoch_speedup']:.2f}x"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

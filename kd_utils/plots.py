@@ -1,0 +1,125 @@
+"""Figures for the study. Each function takes ``ax=None`` (or makes its own figure), returns the Figure,
+never calls ``plt.show()``; ``save_figure`` writes a PNG without volatile metadata, so re-rendering the
+same results gives the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from torch import Tensor
+
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save as PNG with no timestamp or software tag (deterministic bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def _figure_and_axes(ax, figsize):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def sample_grid(
+    images: Tensor, labels: Tensor, class_names: Sequence[str], per_class: int = 8, title: str = ""
+) -> plt.Figure:
+    """A grid with one row per class and ``per_class`` images of that class (the first ones found)."""
+    k = len(class_names)
+    fig, axes = plt.subplots(k, per_class, figsize=(per_class * 0.9, k * 0.95), squeeze=False)
+    for c, name in enumerate(class_names):
+        idx = (labels == c).nonzero().flatten()[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_frame_on(False)
+            if j < len(idx):
+                img = images[idx[j]].permute(1, 2, 0).numpy()  # (H, W, C)
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        axes[c, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(histories: dict[str, list[dict]], title: str = "") -> plt.Figure:
+    """Cross-entropy and macro F1 per epoch, train (solid) vs validation (dashed), one colour per run.
+
+    Train figures are measured on the augmented batches while the weights move, so they lag validation.
+    """
+    fig, (ax_loss, ax_f1) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = sns.color_palette("tab10", len(histories))
+    for color, (name, history) in zip(palette, histories.items()):
+        epochs = [row["epoch"] for row in history]
+        ax_loss.plot(epochs, [row["ce"] for row in history], color=color, label=f"{name} train CE")
+        ax_loss.plot(epochs, [row["val_loss"] for row in history], color=color, ls="--", label=f"{name} val CE")
+        ax_f1.plot(epochs, [row["train_f1"] for row in history], color=color, label=f"{name} train F1")
+        ax_f1.plot(epochs, [row["val_f1"] for row in history], color=color, ls="--", label=f"{name} val F1")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss (solid: train, dashed: val)")
+    ax_f1.set(xlabel="epoch", ylabel="score", title="macro F1 (solid: train, dashed: val)")
+    for ax in (ax_loss, ax_f1):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def metric_table(rows: list[dict], columns: Sequence[str] = METRICS, title: str = "", ax=None) -> plt.Figure:
+    """A table of runs (rows, by ``name``) and metrics (columns), rendered as a heatmap with values."""
+    values = np.array([[row[c] for c in columns] for row in rows], dtype=float)
+    fig, ax = _figure_and_axes(ax, (1.6 * len(columns) + 2, 0.5 * len(rows) + 1.2))
+    sns.heatmap(values, annot=True, fmt=".4f", cmap="Blues", cbar=False, ax=ax,
+                xticklabels=list(columns), yticklabels=[row["name"] for row in rows])  # fmt: skip
+    ax.set_title(title)
+    ax.tick_params(axis="y", rotation=0)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_chart(per_class: dict[str, list[dict]], metric: str = "f1", title: str = "", ax=None) -> plt.Figure:
+    """Grouped bars: one group per class, one bar per run, height = that class's ``metric``."""
+    names = list(per_class)
+    classes = [row["class"] for row in per_class[names[0]]]
+    fig, ax = _figure_and_axes(ax, (max(8, len(classes) * 0.9), 4))
+    width = 0.8 / len(names)
+    x = np.arange(len(classes))
+    for i, (name, color) in enumerate(zip(names, sns.color_palette("tab10", len(names)))):
+        ax.bar(
+            x + i * width - 0.4 + width / 2, [row[metric] for row in per_class[name]], width, label=name, color=color
+        )
+    ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set(ylabel=metric, ylim=(0, 1.05), title=title or f"per-class {metric}")
+    ax.legend(fontsize=8, ncol=min(5, len(names)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_heatmap(
+    matrix, class_names: Sequence[str], normalize: bool = True, title: str = "", ax=None
+) -> plt.Figure:
+    """Confusion matrix (rows: true class, columns: predicted); ``normalize`` divides each row by its total."""
+    m = np.asarray(matrix, dtype=float)
+    if normalize:
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = _figure_and_axes(ax, (7, 6))
+    sns.heatmap(m, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True, cbar=False, ax=ax,
+                xticklabels=class_names, yticklabels=class_names, annot_kws={"fontsize": 7})  # fmt: skip
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return fig

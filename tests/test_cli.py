@@ -1,0 +1,279 @@
+"""The command line end to end through ``main([...])``: tiny synthetic studies, and bad input refused early."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_utils.cli import experiments_from_arg, main
+from kd_utils.models import build_model
+
+SMALL = [
+    "--dataset", "synthetic", "--train-size", "200", "--val-size", "50", "--test-size", "50",
+    "--batch-size", "32", "--epochs", "1", "--teacher-epochs", "2", "--no-progress", "--device", "cpu",
+    "--precision", "fp32",
+]  # fmt: skip
+RUN_KEYS = {"experiment", "config", "params", "history", "seconds", "test"}
+TEST_KEYS = {"accuracy", "precision", "recall", "f1", "per_class", "confusion_matrix"}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """One checkpoint dir for the module, so the teacher and the baseline train once and are reused."""
+    return tmp_path_factory.mktemp("kd_cache")
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``main(["run", *args])`` -> (exit code, stdout, stderr); argparse errors exit through SystemExit."""
+    capsys.readouterr()  # drop anything printed before
+    try:
+        code = main(["run", *args])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def summary_names(out: str) -> list[str]:
+    """Experiment names in the printed summary table (the rows under the dashed rule)."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("experiment") and "accuracy" in line)
+    assert set(lines[header + 1]) == {"-"}
+    rows = []
+    for line in lines[header + 2 :]:
+        if not line.strip():
+            break
+        rows.append(line.split()[0])
+    return rows
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in history]
+
+
+def load_results(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["runs"]
+
+
+def check_record(record: dict) -> None:
+    assert RUN_KEYS <= set(record), record.keys()
+    assert TEST_KEYS <= set(record["test"])
+    assert len(record["test"]["per_class"]) == 10
+    confusion = record["test"]["confusion_matrix"]
+    assert len(confusion) == 10 and sum(map(sum, confusion)) == 50  # every test image counted once
+    assert 0 <= record["test"]["accuracy"] <= 1
+    assert record["config"]["dataset"] == "synthetic"
+    assert record["params"] > 0
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ("baseline", ["baseline"]),
+        ("logit", ["teacher", "baseline", "logit"]),
+        ("hidden", ["teacher", "baseline", "hidden"]),
+        ("regressor", ["teacher", "baseline", "regressor"]),
+    ],
+)
+def test_each_experiment_end_to_end(capsys, cache_dir, tmp_path, experiment, expected):
+    results = tmp_path / "results.json"
+    code, out, err = run_cli(
+        capsys, *SMALL, "--experiment", experiment, "--checkpoint-dir", str(cache_dir), "--results-path", str(results)
+    )
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert summary_names(out) == expected
+    assert f"results appended to {results}" in out
+    runs = load_results(results)
+    assert [r["experiment"] for r in runs] == expected
+    for record in runs:
+        check_record(record)
+    student = runs[-1]
+    assert student["config"]["student"] == "student_cnn"
+    assert len(student["history"]) == 1  # --epochs 1
+    if experiment != "baseline":
+        assert len(runs[0]["history"]) == 2 or runs[0].get("cached")  # --teacher-epochs 2, or from the cache
+        assert runs[0]["params"] > student["params"]
+
+
+def test_all_runs_every_experiment(capsys, cache_dir, tmp_path):
+    results = tmp_path / "all.json"
+    code, out, err = run_cli(
+        capsys, *SMALL, "--experiment", "all", "--checkpoint-dir", str(cache_dir), "--results-path", str(results)
+    )
+    assert code == 0, err
+    expected = ["teacher", "baseline", "logit", "hidden", "regressor"]
+    assert summary_names(out) == expected
+    runs = load_results(results)
+    assert [r["experiment"] for r in runs] == expected
+    for record in runs:
+        check_record(record)
+    assert runs[0]["test"]["accuracy"] > 0.5  # the synthetic teacher is far from chance
+
+
+@pytest.mark.parametrize(("alias", "method"), [("1", "logit"), ("2", "hidden"), ("3", "regressor")])
+def test_experiment_aliases(capsys, cache_dir, tmp_path, alias, method):
+    assert experiments_from_arg(alias) == [method]
+    results = tmp_path / "alias.json"
+    code, out, err = run_cli(
+        capsys, *SMALL, "--experiment", alias, "--checkpoint-dir", str(cache_dir), "--results-path", str(results)
+    )
+    assert code == 0, err
+    assert summary_names(out) == ["teacher", "baseline", method]
+    assert [r["experiment"] for r in load_results(results)] == ["teacher", "baseline", method]
+
+
+def test_csv_results_one_row_per_run_and_appended(capsys, cache_dir, tmp_path):
+    results = tmp_path / "results.csv"
+    args = (*SMALL, "--experiment", "logit", "--checkpoint-dir", str(cache_dir), "--results-path", str(results))
+    assert run_cli(capsys, *args)[0] == 0
+    first = results.read_text().splitlines()
+    assert first[0].startswith("experiment,")
+    assert [line.split(",")[0] for line in first[1:]] == ["teacher", "baseline", "logit"]
+    assert run_cli(capsys, *args)[0] == 0
+    second = results.read_text().splitlines()
+    assert second[: len(first)] == first  # earlier rows kept as they were
+    assert [line.split(",")[0] for line in second[1:]] == ["teacher", "baseline", "logit"] * 2
+
+
+def test_second_run_appends_and_reuses_the_cached_teacher(capsys, tmp_path):
+    results = tmp_path / "results.json"
+    args = (*SMALL, "--experiment", "logit", "--checkpoint-dir", str(tmp_path / "ck"), "--results-path", str(results))
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0
+    assert "teacher epoch   1/2" in out and "cached" not in out
+    first = load_results(results)
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0
+    assert "teacher (cached)" in out and "baseline (cached)" in out
+    assert "teacher epoch" not in out and "baseline epoch" not in out  # neither trained again
+    assert "logit epoch   1/1" in out
+    runs = load_results(results)
+    assert runs[:3] == first
+    assert [r["experiment"] for r in runs] == ["teacher", "baseline", "logit"] * 2
+    assert runs[3]["cached"] is True and runs[3]["test"] == runs[0]["test"]
+
+
+def test_resume_reuses_last_checkpoint(capsys, cache_dir, tmp_path):
+    results = tmp_path / "results.json"
+    args = (*SMALL, "--experiment", "hidden", "--checkpoint-dir", str(cache_dir), "--results-path", str(results))
+    assert run_cli(capsys, *args)[0] == 0
+    code, out, err = run_cli(capsys, *args, "--resume")
+    assert code == 0, err
+    assert "resumed hidden" in out
+    assert "hidden epoch" not in out  # the finished run is not trained again
+    runs = load_results(results)
+    assert without_timing(runs[-1]["history"]) == without_timing(runs[2]["history"])
+    assert runs[-1]["test"] == runs[2]["test"]
+
+
+def test_weak_teacher_is_refused_unless_allowed(capsys, tmp_path):
+    ckpt = tmp_path / "ck"
+    results = tmp_path / "results.json"
+    weak = [*SMALL, "--teacher-epochs", "1", "--lr", "1e-6", "--experiment", "logit"]
+    args = (*weak, "--checkpoint-dir", str(ckpt), "--results-path", str(results))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "near chance" in err and "--allow-weak-teacher" in err
+    assert "logit epoch" not in out and "baseline epoch" not in out  # no distillation started
+    assert not (ckpt / "runs").exists()
+    code, out, err = run_cli(capsys, *args, "--allow-weak-teacher")
+    assert code == 0, err
+    assert "logit epoch   1/1" in out
+    assert load_results(results)[-1]["experiment"] == "logit"
+
+
+# --- bad input: exit 2, one line on stderr, nothing trained or written ------------------------------
+
+
+@pytest.fixture
+def bad_checkpoints(tmp_path) -> dict[str, Path]:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bytes(torch.randint(0, 256, (512,), generator=torch.Generator().manual_seed(0)).tolist()))
+    wrong_arch = tmp_path / "student.pt"
+    torch.save(build_model("student_cnn").state_dict(), wrong_arch)
+    return {"missing": tmp_path / "nowhere.pt", "corrupt": corrupt, "wrong_arch": wrong_arch}
+
+
+BAD_INPUTS = {
+    "alpha above 1": (["--alpha", "1.5"], "alpha"),
+    "alpha below 0": (["--alpha", "-0.1"], "alpha"),
+    "temperature 0": (["--temperature", "0"], "temperature"),
+    "epochs 0": (["--epochs", "0"], "epochs"),
+    "teacher epochs 0": (["--teacher-epochs", "0"], "epochs"),
+    "labeled fraction 0": (["--labeled-fraction", "0"], "labeled fraction"),
+    "labeled fraction 1.5": (["--labeled-fraction", "1.5"], "labeled fraction"),
+    "negative feature weight": (["--feature-weight", "-1"], "feature weight"),
+    "negative level weights": (["--level-weights=-1,1,1"], "level weights"),
+    "wrong level weight count": (["--level-weights", "1,1"], "level weights"),
+    "unparsable level weights": (["--level-weights", "a,b"], "level-weights"),
+    "unknown dataset": (["--dataset", "imagenet"], "imagenet"),
+    "unknown student": (["--student", "tiny_cnn"], "tiny_cnn"),
+    "unknown teacher": (["--teacher", "vit"], "vit"),
+    "unknown experiment": (["--experiment", "dark-knowledge"], "dark-knowledge"),
+    "unknown feature kind": (["--feature-kind", "l1"], "l1"),
+    "unknown optimizer": (["--optimizer", "lbfgs"], "lbfgs"),
+    "non-integer epochs": (["--epochs", "two"], "epochs"),
+    "results path .txt": (["RESULTS_TXT"], ".txt"),
+    "missing teacher checkpoint": (["--teacher-checkpoint", "missing"], "does not exist"),
+    "corrupt teacher checkpoint": (["--teacher-checkpoint", "corrupt"], "unreadable"),
+    "teacher checkpoint of another architecture": (["--teacher-checkpoint", "wrong_arch"], "does not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(capsys, tmp_path, bad_checkpoints, case):
+    extra, needle = BAD_INPUTS[case]
+    ckpt = tmp_path / "ck"
+    results = tmp_path / "results.json"
+    results.write_text('{"runs": [{"experiment": "earlier"}]}\n')
+    before = results.read_bytes()
+    if extra == ["RESULTS_TXT"]:
+        results = tmp_path / "results.txt"
+        extra = []
+    extra = [str(bad_checkpoints[a]) if a in bad_checkpoints else a for a in extra]
+    code, out, err = run_cli(capsys, *SMALL, *extra, "--checkpoint-dir", str(ckpt), "--results-path", str(results))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err and "error" in err
+    assert needle in err
+    assert out == ""  # nothing loaded, nothing trained
+    assert not ckpt.exists()
+    assert (tmp_path / "results.json").read_bytes() == before
+    assert not (tmp_path / "results.txt").exists()
+
+
+def test_missing_cifar10_exits_2_naming_the_folder(capsys, tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")  # what torchvision raises offline
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)  # never download 170 MB in a test
+    data_dir, ckpt, results = tmp_path / "data", tmp_path / "ck", tmp_path / "results.json"
+    data_dir.mkdir()
+    args = ["--dataset", "cifar10", "--data-dir", str(data_dir), "--epochs", "1", "--teacher-epochs", "1"]
+    code, out, err = run_cli(
+        capsys, *args, "--no-progress", "--device", "cpu", "--checkpoint-dir", str(ckpt), "--results-path", str(results)
+    )
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert str(data_dir / "cifar-10-batches-py") in err
+    assert "download failed" in err
+    assert out == ""
+    assert not ckpt.exists() and not results.exists()
+
+
+def test_cached_runs_are_scored_on_the_current_test_set(capsys, cache_dir, tmp_path):
+    args = (*SMALL, "--experiment", "logit", "--checkpoint-dir", str(cache_dir))
+    assert run_cli(capsys, *args, "--results-path", str(tmp_path / "a.json"))[0] == 0  # test set of 50
+    results = tmp_path / "b.json"
+    assert run_cli(capsys, *args, "--test-size", "100", "--results-path", str(results))[0] == 0
+    counted = {r["experiment"]: sum(map(sum, r["test"]["confusion_matrix"])) for r in load_results(results)}
+    assert counted == {"teacher": 100, "baseline": 100, "logit": 100}

@@ -1,0 +1,237 @@
+"""The trainer: sane start, can overfit, deterministic, resumable, and loud about non-finite losses."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+
+import pytest
+import torch
+
+import kd_utils.train as train_mod
+from kd_utils.data import TensorLoader
+from kd_utils.distill import DistillConfig, Distiller, build_distiller
+from kd_utils.models import build_model
+from kd_utils.train import NonFiniteLossError, check_resumable, evaluate, fit, lr_factor
+
+TIMING_KEYS = {"seconds", "images_per_s"}  # wall-clock columns of the history, never reproducible
+
+
+def without_timing(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def make_distiller(method: str = "baseline", seed: int = 0) -> Distiller:
+    """A student initialised from ``seed``; the teacher (if any) is always the same one, as from a cache."""
+    teacher = None
+    if method != "baseline":
+        torch.manual_seed(1000)
+        teacher = build_model("teacher_cnn")
+    torch.manual_seed(seed)
+    return build_distiller(method, build_model("student_cnn"), teacher)
+
+
+def test_initial_loss_is_near_log_num_classes(synthetic_splits):
+    data = synthetic_splits
+    x, y = next(iter(TensorLoader(data.train_x, data.train_y, data.info, 128)))
+    for seed in (0, 1):
+        loss, logits, _ = make_distiller(seed=seed).train()(x, y)
+        assert abs(loss.item() - math.log(10)) < 0.5
+        assert logits.shape == (128, 10)
+
+
+def test_student_overfits_one_small_batch(synthetic_splits):
+    data = synthetic_splits
+    x, y = next(iter(TensorLoader(data.train_x, data.train_y, data.info, 32)))
+    distiller = make_distiller().train()
+    opt = torch.optim.Adam(distiller.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _, _ = distiller(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+    distiller.eval()
+    with torch.no_grad():
+        accuracy = (distiller.student(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9
+
+
+def test_same_seed_gives_same_history(small_splits, tiny_train_config, tmp_path):
+    cfg = dataclasses.replace(tiny_train_config, epochs=2)
+    a, b = make_distiller(), make_distiller()
+    result_a = fit(a, small_splits, cfg, tmp_path / "a")
+    result_b = fit(b, small_splits, cfg)  # no checkpoint dir: best weights kept in memory instead
+    assert len(result_a.history) == 2
+    assert without_timing(result_a.history) == without_timing(result_b.history)
+    assert (result_a.best_epoch, result_a.best_val_f1) == (result_b.best_epoch, result_b.best_val_f1)
+    for (k, va), (_, vb) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert torch.equal(va, vb), k
+    other = fit(make_distiller(), small_splits, dataclasses.replace(cfg, seed=1))
+    assert without_timing(other.history) != without_timing(result_a.history)  # the seed does matter
+
+
+def test_history_rows_and_learning(small_splits, tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, epochs=2)
+    lines = []
+    result = fit(make_distiller("logit"), small_splits, cfg, log=lines.append)
+    row = result.history[0]
+    expected = {"epoch", "loss", "ce", "kd", "train_acc", "val_loss", "val_acc", "val_f1", "lr"} | TIMING_KEYS
+    assert expected <= set(row)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert all(math.isfinite(v) for r in result.history for v in r.values())
+    assert result.best_epoch in (1, 2) and result.best_val_f1 == max(r["val_f1"] for r in result.history)
+    assert result.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine decays to 0 at the end
+    assert len(lines) == 2 and "epoch   1/2" in lines[0]
+
+
+def test_fit_trains_the_regressor_adapters_but_not_the_teacher(small_splits, tiny_train_config):
+    distiller = make_distiller("regressor")
+    adapters_before = {k: v.clone() for k, v in distiller.adapters.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()}
+    fit(distiller, small_splits, tiny_train_config)
+    for name, p in distiller.adapters.named_parameters():
+        assert not torch.equal(p.detach(), adapters_before[name]), f"adapter {name} was not optimised"
+    for k, v in distiller.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), f"teacher {k} changed during fit"
+    assert not distiller.teacher.training
+
+
+def test_resume_matches_an_uninterrupted_run(small_splits, tiny_train_config, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(tiny_train_config, epochs=3)
+    dir_a, dir_b = tmp_path / "a", tmp_path / "b"
+    a = make_distiller("regressor")  # adapters and their BatchNorm must survive the resume too
+    result_a = fit(a, small_splits, cfg, dir_a)
+
+    real_train_one_epoch = train_mod.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if inspect.signature(real_train_one_epoch).bind(*args, **kwargs).arguments["epoch"] == 3:
+            raise KeyboardInterrupt  # as if Ctrl-C hit during epoch 3, after epoch 2 was saved
+        return real_train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_distiller("regressor"), small_splits, cfg, dir_b)
+    monkeypatch.setattr(train_mod, "train_one_epoch", real_train_one_epoch)
+    saved = train_mod.load_checkpoint(dir_b / "last.pt")
+    assert saved["epoch"] == 2
+
+    lines = []
+    b = make_distiller("regressor", seed=123)  # other student init: its weights must come from last.pt
+    result_b = fit(b, small_splits, cfg, dir_b, resume=True, log=lines.append)
+    assert any(line.startswith("resumed") and "after epoch 2" in line for line in lines)
+    assert without_timing(result_b.history) == without_timing(result_a.history)
+    assert (result_b.best_epoch, result_b.best_val_f1) == (result_a.best_epoch, result_a.best_val_f1)
+    for name in ("best.pt", "last.pt"):
+        ca, cb = train_mod.load_checkpoint(dir_a / name), train_mod.load_checkpoint(dir_b / name)
+        assert ca["epoch"] == cb["epoch"]
+        for part in ("model", "adapters"):
+            assert ca[part].keys() == cb[part].keys()
+            for k in ca[part]:
+                assert torch.equal(ca[part][k], cb[part][k]), f"{name} {part}.{k}"
+    test_loader = TensorLoader(small_splits.test_x, small_splits.test_y, small_splits.info, 512)
+    metrics_a = evaluate(a.student, test_loader, small_splits.info.classes)
+    metrics_b = evaluate(b.student, test_loader, small_splits.info.classes)
+    assert metrics_a == metrics_b
+
+
+def test_resume_of_a_finished_run_trains_nothing(small_splits, tiny_train_config, tmp_path, monkeypatch):
+    first = fit(make_distiller(), small_splits, tiny_train_config, tmp_path)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", fail)
+    again = fit(make_distiller(seed=5), small_splits, tiny_train_config, tmp_path, resume=True)
+    assert without_timing(again.history) == without_timing(first.history)
+
+
+def test_resume_refuses_changed_settings(small_splits, tiny_train_config, tmp_path):
+    fit(make_distiller(), small_splits, tiny_train_config, tmp_path)
+    changed = dataclasses.replace(tiny_train_config, lr=0.01)
+    with pytest.raises(ValueError, match="lr: 0.05 -> 0.01"):
+        fit(make_distiller(), small_splits, changed, tmp_path, resume=True)
+    # settings that do not shape training may change
+    fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, log_every=7), tmp_path, resume=True)
+
+
+def test_check_resumable():
+    saved = {"lr": 0.05, "epochs": 3, "device": "cuda", "progress": True}
+    check_resumable(saved, {"lr": 0.05, "epochs": 3, "device": "cpu", "progress": False}, "x.pt")
+    with pytest.raises(ValueError, match="epochs: 3 -> 4"):
+        check_resumable(saved, {"lr": 0.05, "epochs": 4, "device": "cpu"}, "x.pt")
+
+
+class NaNFromCall(Distiller):
+    """The baseline, but every loss from the ``start``-th call on is NaN; snapshots last.pt when it starts."""
+
+    def __init__(self, student, start: int, watch):
+        super().__init__(student)
+        self.start, self.calls, self.watch, self.snapshot = start, 0, watch, None
+
+    def forward(self, x, y):
+        loss, logits, parts = super().forward(x, y)
+        self.calls += 1
+        if self.calls >= self.start:
+            if self.snapshot is None:
+                self.snapshot = self.watch.read_bytes()
+            loss = loss * float("nan")
+        return loss, logits, parts
+
+
+def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(small_splits, tiny_train_config, tmp_path):
+    cfg = dataclasses.replace(tiny_train_config, epochs=3)
+    steps_per_epoch = len(small_splits.train_y) // cfg.batch_size
+    torch.manual_seed(0)
+    distiller = NaNFromCall(build_model("student_cnn"), start=steps_per_epoch + 2, watch=tmp_path / "last.pt")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2\b"):
+        fit(distiller, small_splits, cfg, tmp_path)
+    assert distiller.snapshot is not None
+    assert (tmp_path / "last.pt").read_bytes() == distiller.snapshot  # untouched by the failing epoch
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and len(state["result"]["history"]) == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_huge_learning_rate_raises_non_finite_loss(small_splits, tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, lr=1e30, epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+"):
+        fit(make_distiller(), small_splits, cfg)
+
+
+def test_checkpoints_load_with_weights_only(small_splits, tiny_train_config, tmp_path):
+    fit(make_distiller("regressor"), small_splits, tiny_train_config, tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert {"model", "adapters", "epoch"} <= set(best)
+    expected = {"model", "adapters", "optimizer", "scheduler", "scaler", "epoch", "result", "train_config"}
+    assert expected <= set(last)
+    assert last["train_config"] == dataclasses.asdict(tiny_train_config)
+    student = build_model("student_cnn")
+    student.load_state_dict(best["model"])  # a bare student can be rebuilt from best.pt
+    assert len(best["adapters"]) > 0
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_lr_factor_warmup_then_cosine():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_fit_on_an_unlabeled_training_set(small_splits, tiny_train_config):
+    # masked_cross_entropy returns 0 for an all-unlabeled batch, so logit KD with alpha=1 needs no labels at all.
+    data = dataclasses.replace(small_splits, train_y=torch.full_like(small_splits.train_y, -100))
+    torch.manual_seed(1000)
+    teacher = build_model("teacher_cnn")
+    torch.manual_seed(0)
+    distiller = build_distiller("logit", build_model("student_cnn"), teacher, DistillConfig(alpha=1.0))
+    result = fit(distiller, data, tiny_train_config)
+    assert math.isfinite(result.history[0]["kd"]) and result.history[0]["ce"] == 0.0
