@@ -99,7 +99,11 @@ def delivery_rate(loader, device: torch.device, max_batches: int) -> float:
 
 
 def bench_pipeline(images, labels, device, batch_size, max_batches) -> dict:
-    out = {"tensor_pipeline": delivery_rate(TensorLoader(images, labels, INFO, batch_size, device, train=True), device, max_batches)}
+    out = {
+        "tensor_pipeline": delivery_rate(
+            TensorLoader(images, labels, INFO, batch_size, device, train=True), device, max_batches
+        )
+    }
     dataset = PILDataset(images, labels)
     for workers in (0, 2):
         loader = DataLoader(dataset, batch_size, shuffle=True, num_workers=workers, drop_last=True,
@@ -180,7 +184,9 @@ def reference_epoch(images, labels, device, batch_size, workers=2) -> float:
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = student(x)
-        kd = F.kl_div(F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1), reduction="batchmean")
+        kd = F.kl_div(
+            F.log_softmax(s_logits / temperature, 1), F.softmax(t_logits / temperature, 1), reduction="batchmean"
+        )
         loss = (1 - alpha) * F.cross_entropy(s_logits, y) + alpha * temperature**2 * kd
         opt.zero_grad()
         loss.backward()
@@ -232,7 +238,9 @@ def main(argv: list[str] | None = None) -> dict:
     pipe, fast = report["pipeline_images_per_s"], report["fast_path_images_per_s"]
     report["pipeline_speedup"] = pipe["tensor_pipeline"] / pipe["dataloader_pil_2_workers"]
     # seconds per image: KD step vs (student step + teacher inference)
-    report["kd_step_overhead"] = (1 / fast["logit_kd_step"]) / (1 / fast["student_train_step"] + 1 / fast["teacher_inference"])
+    report["kd_step_overhead"] = (1 / fast["logit_kd_step"]) / (
+        1 / fast["student_train_step"] + 1 / fast["teacher_inference"]
+    )
     report["epoch_speedup"] = epoch["reference_s"] / epoch["project_s"]
     print(format_report(report))
     if args.json:
@@ -242,7 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"device {r['device']} | torch {r['torch']} | threads {r['threads']} | fast path: {r['precision']} + channels_last"]
+    lines = [
+        f"device {r['device']} | torch {r['torch']} | threads {r['threads']} | fast path: {r['precision']} + channels_last"
+    ]
     lines.append(f"{'batch delivery':<34} {'images/s':>10}")
     for k, v in r["pipeline_images_per_s"].items():
         lines.append(f"  {k:<32} {v:>10,.0f}")
@@ -251,7 +261,9 @@ def format_report(r: dict) -> str:
         plain = r["fp32_plain_images_per_s"][k]
         lines.append(f"  {k:<32} {v:>10,.0f} {plain:>10,.0f} {v / plain:>6.2f}")
     e = r["logit_kd_epoch"]
-    lines.append(f"logit-KD epoch: project {e['project_s']:.1f}s, reference (DataLoader+PIL, fp32) {e['reference_s']:.1f}s")
+    lines.append(
+        f"logit-KD epoch: project {e['project_s']:.1f}s, reference (DataLoader+PIL, fp32) {e['reference_s']:.1f}s"
+    )
     lines.append(
         f"pipeline_speedup {r['pipeline_speedup']:.2f}x | kd_step_overhead {r['kd_step_overhead']:.3f} | "
         f"epoch_speedup {r['epoch_speedup']:.2f}x"
