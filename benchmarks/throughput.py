@@ -112,7 +112,9 @@ def bench_pipeline(images, labels, device, batch_size, max_batches) -> dict:
     return out
 
 
-def bench_steps(device, dtype, channels_last, batch_size, warmup, repeats) -> dict:
+def bench_steps(
+    device, dtype, channels_last, batch_size, warmup, repeats, methods=("logit", "hidden", "regressor"), compile=False
+) -> dict:
     """Images/s of training steps, teacher inference and one step of each distillation method."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -123,17 +125,18 @@ def bench_steps(device, dtype, channels_last, batch_size, warmup, repeats) -> di
 
     def step_of(distiller):
         opt = build_optimizer([p for p in distiller.parameters() if p.requires_grad], TrainConfig())
+        forward = torch.compile(distiller) if compile else distiller
 
         def step():
             with autocast(device, dtype):
-                loss, _, _ = distiller(x, y)
+                loss, _, _ = forward(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         return step
 
-    for role in ("student", "teacher"):
+    for role in ("student", "teacher") if not compile else ("student",):
         model = build_model(f"{role}_cnn").to(device, memory_format=fmt)
         seconds = timed(step_of(build_distiller("baseline", model)), device, warmup, repeats)
         out[f"{role}_train_step"] = batch_size / seconds
@@ -142,8 +145,9 @@ def bench_steps(device, dtype, channels_last, batch_size, warmup, repeats) -> di
         with torch.no_grad(), autocast(device, dtype):
             teacher(x)
 
-    out["teacher_inference"] = batch_size / timed(infer, device, warmup, repeats)
-    for method in ("logit", "hidden", "regressor"):
+    if not compile:
+        out["teacher_inference"] = batch_size / timed(infer, device, warmup, repeats)
+    for method in methods:
         student = build_model("student_cnn").to(device, memory_format=fmt)
         distiller = build_distiller(method, student, teacher, DistillConfig()).to(device, memory_format=fmt)
         out[f"{method}_kd_step"] = batch_size / timed(step_of(distiller), device, warmup, repeats)
@@ -215,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pipeline-batches", type=int, default=60, help="batches timed per delivery method")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per step benchmark")
     parser.add_argument("--short", action="store_true", help="tiny sizes: checks the benchmark runs (seconds)")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd student and logit-KD steps")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.short:
@@ -231,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
     report["pipeline_images_per_s"] = bench_pipeline(images, labels, device, args.batch_size, args.pipeline_batches)
     report["fast_path_images_per_s"] = bench_steps(device, dtype, True, args.batch_size, warmup, args.repeats)
     report["fp32_plain_images_per_s"] = bench_steps(device, torch.float32, False, args.batch_size, warmup, args.repeats)
+    if args.compile:  # the first calls compile (not timed: warmup covers them)
+        report["compiled_images_per_s"] = bench_steps(
+            device, dtype, True, args.batch_size, warmup, args.repeats, methods=("logit",), compile=True
+        )
     epoch = {"project_s": project_epoch(images, labels, device, dtype, args.batch_size)}
     epoch["reference_s"] = reference_epoch(images, labels, device, args.batch_size)
     report["logit_kd_epoch"] = epoch
@@ -260,6 +269,10 @@ def format_report(r: dict) -> str:
     for k, v in r["fast_path_images_per_s"].items():
         plain = r["fp32_plain_images_per_s"][k]
         lines.append(f"  {k:<32} {v:>10,.0f} {plain:>10,.0f} {v / plain:>6.2f}")
+    for k, v in r.get("compiled_images_per_s", {}).items():
+        lines.append(
+            f"  {k + ' (compiled)':<32} {v:>10,.0f} {'':>10} {v / r['fast_path_images_per_s'][k]:>6.2f} vs eager"
+        )
     e = r["logit_kd_epoch"]
     lines.append(
         f"logit-KD epoch: project {e['project_s']:.1f}s, reference (DataLoader+PIL, fp32) {e['reference_s']:.1f}s"

@@ -33,6 +33,7 @@ class DatasetInfo:
     crop_padding: int  # pixels of zero padding for the random crop (0: no crop)
     hflip: bool  # horizontal flips keep the label
     default_val_size: int  # images carved from the training set for model selection
+    target_accuracy: float  # validation accuracy whose time-to-reach is recorded (teacher and students)
 
     @property
     def num_classes(self) -> int:
@@ -49,6 +50,7 @@ DATASETS: dict[str, DatasetInfo] = {
         crop_padding=4,
         hflip=True,
         default_val_size=5000,
+        target_accuracy=0.75,
     ),
     "fashion-mnist": DatasetInfo(
         classes=(
@@ -70,6 +72,7 @@ DATASETS: dict[str, DatasetInfo] = {
         crop_padding=2,
         hflip=True,
         default_val_size=5000,
+        target_accuracy=0.85,
     ),
     "synthetic": DatasetInfo(
         classes=tuple(f"class_{i}" for i in range(10)),
@@ -80,6 +83,7 @@ DATASETS: dict[str, DatasetInfo] = {
         crop_padding=1,
         hflip=False,
         default_val_size=200,
+        target_accuracy=0.9,
     ),
 }
 SYNTHETIC_SIZES = {True: 1200, False: 400}  # images in the synthetic train / test sets

@@ -32,6 +32,7 @@ from .train import (
     load_checkpoint,
     resolve_device,
     resolve_precision,
+    time_to_accuracy,
 )
 
 EXPERIMENTS = ("teacher", *DISTILLERS)  # teacher, baseline, logit, hidden, regressor
@@ -53,6 +54,7 @@ class ExperimentConfig:
     optimizer: str = "sgd"  # sgd | adamw
     weight_decay: float = 5e-4  # L2 penalty
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the training step (opt-in; compile time is paid once per run)
     alpha: float = 0.9  # logit KD: weight of the soft-target term
     temperature: float = 4.0  # logit KD: softmax temperature
     feature_weight: float = 1.0  # hidden / regressor: weight of the feature term next to CE
@@ -78,7 +80,7 @@ class ExperimentConfig:
         return DataConfig(**{k: getattr(self, k) for k in keys})
 
     def train_config(self, epochs: int) -> TrainConfig:
-        keys = ("batch_size", "lr", "optimizer", "weight_decay", "precision", "device", "seed", "progress")
+        keys = ("batch_size", "lr", "optimizer", "weight_decay", "precision", "compile", "device", "seed", "progress")
         return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in keys})
 
     def distill_config(self) -> DistillConfig:
@@ -242,6 +244,7 @@ def train_experiment(
         "best_epoch": fit_result.best_epoch,
         "best_val_f1": fit_result.best_val_f1,
         "seconds": fit_result.seconds,
+        "time_to_target": time_to_accuracy(fit_result.history, data.info.target_accuracy),
         "test": test_report(model, data, cfg),
         "environment": environment(),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
