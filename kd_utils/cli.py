@@ -54,6 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--weight-decay", type=float, default=d.weight_decay)
     run.add_argument("--precision", default=d.precision, help="auto | fp32 | bf16 | fp16")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step (opt-in)")
+    run.add_argument("--no-fuse-teacher-bn", dest="fuse_teacher_bn", action="store_false",
+                     help="distil from the teacher as trained instead of its BN-folded copy")  # fmt: skip
     run.add_argument("--teacher", default=d.teacher, help="teacher architecture: teacher_cnn | resnet18 | student_cnn")
     run.add_argument("--student", default=d.student, help="student architecture")
     run.add_argument("--teacher-checkpoint", default=d.teacher_checkpoint, help="use these teacher weights (.pt)")

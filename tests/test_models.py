@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kd_utils.models import build_model, count_parameters, list_models
+from kd_utils.models import build_model, count_parameters, fuse_batchnorm, list_models
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count would show
 
@@ -90,3 +90,27 @@ def test_unknown_model_lists_known_ones():
         build_model("resnet99")
     for name in list_models():
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fuse_batchnorm_keeps_outputs_and_leaves_the_original_alone(name):
+    torch.manual_seed(0)
+    model = build_model(name, 3, 10)
+    for m in model.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = fuse_batchnorm(model)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        for a, b in zip(model.forward_features(x), fused.forward_features(x)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(model(x), fused(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert not fused.training and not any(p.requires_grad for p in fused.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
