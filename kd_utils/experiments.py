@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +26,7 @@ from .train import (
     OPTIMIZERS,
     PRECISIONS,
     TrainConfig,
+    device_name,
     evaluate,
     fit,
     load_checkpoint,
@@ -196,10 +196,9 @@ def test_report(model: torch.nn.Module, data: DataSplits, cfg: ExperimentConfig)
     return metrics
 
 
-def environment() -> dict:
-    device = resolve_device("auto")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"torch": torch.__version__, "hardware": name, "threads": torch.get_num_threads()}
+def environment(cfg: ExperimentConfig) -> dict:
+    device = resolve_device(cfg.device)
+    return {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads()}
 
 
 def train_experiment(
@@ -247,7 +246,7 @@ def train_experiment(
         "seconds": fit_result.seconds,
         "time_to_target": time_to_accuracy(fit_result.history, data.info.target_accuracy),
         "test": test_report(model, data, cfg),
-        "environment": environment(),
+        "environment": environment(cfg),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if experiment in ("teacher", "baseline"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -75,6 +76,18 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available; use --device cpu")
     return dev
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda: NVIDIA H100 ...`` or ``cpu: Intel(R) Xeon(R) ...`` (the CPU model from /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.processor() or platform.machine()
+    return f"{device.type}: {model}, {os.cpu_count()} cores"
 
 
 def cpu_has_native_bf16() -> bool:
