@@ -1,13 +1,14 @@
 # Two entry points for a fresh clone; each sets up what it needs first.
 #   make demo   quick offline study on Fashion-MNIST (CPU, a few minutes), prints the summary table
-#   make test   the test suite
+#   make test   the test suite: pytest tests/, then the notebooks through nbval (smoke profile)
+#   make report re-render Pictures/ and the README tables from results/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test lint clean-runs
+.PHONY: setup data demo test report lint
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,13 @@ demo: setup data
 	$(PY) -m kd_utils run --experiment all --dataset fashion-mnist --train-size 10000 --epochs 3 --teacher-epochs 3 \
 	  --results-path runs/demo.json
 
-test: setup data
-	MPLBACKEND=Agg $(PY) -m pytest -q
+test: setup data  # unit tests, then every notebook executed in the smoke profile (nbval) in a scratch folder
+	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	KD_PROFILE=smoke KD_DATASET=fashion-mnist KD_OUTPUT_DIR=$$(mktemp -d) \
+	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
+
+report: setup  # re-render Pictures/ and the README's result tables from results/
+	$(PY) -m kd_utils report
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

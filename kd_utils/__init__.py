@@ -1,7 +1,7 @@
 """kd_utils: knowledge distillation from a large teacher CNN to a small student CNN.
 
 The pipeline, one module per step: data -> models -> losses -> distill -> train -> metrics -> plots ->
-results -> experiments -> cli.
+results -> experiments -> report -> cli; profiles holds the notebooks' full and smoke settings.
 """
 
 from .data import DATASETS, DataConfig, DataSplits, TensorLoader, load_dataset, prepare_data

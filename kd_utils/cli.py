@@ -11,6 +11,7 @@ import sys
 from dataclasses import fields
 
 from .experiments import EXPERIMENT_ALIASES, STUDENT_METHODS, ExperimentConfig, format_summary, run_study
+from .report import render_report
 from .results import check_results_path
 
 DEFAULTS = ExperimentConfig()
@@ -90,6 +91,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their last.pt")
     run.add_argument("--allow-weak-teacher", action="store_true", help="distil even from a teacher near chance")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    report = sub.add_parser("report", help="re-render Pictures/ and the README's result tables from saved results")
+    report.add_argument("--results-dir", default="results", help="folder with <dataset>/runs.json")
+    report.add_argument("--pictures-dir", default="Pictures", help="where figures are written")
+    report.add_argument("--readme", default="README.md", help="README whose results:<dataset> blocks are rewritten")
+    report.add_argument(
+        "--data-dir", default=DEFAULTS.data_dir, help="datasets for the sample grids (never downloaded)"
+    )
     return parser  # fmt: skip
 
 
@@ -117,4 +125,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(format_summary(records))
         print(f"\nresults appended to {args.results_path}")
+    elif args.command == "report":
+        try:
+            written = render_report(args.results_dir, args.pictures_dir, args.readme, args.data_dir)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"{parser.prog}: error: {err}", file=sys.stderr)
+            return 2
+        print(f"rendered {len(written)} files from {args.results_dir}")
     return 0

@@ -261,6 +261,15 @@ class DataSplits:
         }
 
 
+def class_counts(splits: DataSplits) -> dict[str, list[int]]:
+    """Images per class in each split (train counts labeled images only)."""
+    k = splits.info.num_classes
+    return {
+        name: torch.bincount(y[y >= 0], minlength=k).tolist()
+        for name, y in (("train", splits.train_y), ("val", splits.val_y), ("test", splits.test_y))
+    }
+
+
 UNLABELED = -100  # the default ignore_index of torch's cross-entropy
 
 

@@ -207,10 +207,12 @@ def train_experiment(
     data: DataSplits,
     teacher: torch.nn.Module | None = None,
     log: Callable[[str], None] | None = print,
+    name: str | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train one experiment (teacher, baseline or a distillation method); returns the model and its record.
 
     A teacher or baseline whose run finished before (same settings) is loaded from its cache instead.
+    ``name`` labels the record (default: the experiment), e.g. "final" for the long run of a method.
     """
     folder = run_dir(cfg, experiment)
     arch = cfg.teacher if experiment == "teacher" else cfg.student
@@ -235,6 +237,7 @@ def train_experiment(
     fit_result = fit(distiller, data, train_cfg, folder, resume=cfg.resume, log=log, desc=experiment)
     record = {
         "experiment": experiment,
+        "name": name or experiment,
         "config": asdict(cfg),
         "train_config": asdict(train_cfg),
         "data_sizes": data.sizes(),

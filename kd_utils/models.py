@@ -120,5 +120,53 @@ def fuse_batchnorm(model: nn.Module) -> nn.Module:
     return fused.requires_grad_(False)
 
 
+def layer_summary(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """One row per leaf layer in call order: name, type, output shape (batch of 1), own parameter count."""
+    rows, hooks = [], []
+    for name, module in model.named_modules():
+        if not list(module.children()) and not isinstance(module, nn.Identity):
+            hooks.append(module.register_forward_hook(
+                lambda m, _, out, name=name: rows.append(
+                    {"layer": name, "type": type(m).__name__, "output": tuple(out.shape[1:]),
+                     "params": sum(p.numel() for p in m.parameters())})))  # fmt: skip
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'layer':<24} {'type':<12} {'output (C, H, W)':<18} {'params':>9}"]
+    lines += [f"{r['layer']:<24} {r['type']:<12} {str(r['output']):<18} {r['params']:>9,}" for r in rows]
+    lines.append(f"{'total':<56} {sum(r['params'] for r in rows):>9,}")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def inference_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int = 256, repeats: int = 5) -> float:
+    """Milliseconds per image of eval-mode inference at ``batch_size`` (median of ``repeats`` batches)."""
+    import time
+
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, *input_shape, device=device)
+    model.eval()
+    model(x)  # warm-up: kernel selection, allocations
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        model(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return 1000 * sorted(times)[len(times) // 2] / batch_size
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -70,6 +71,7 @@ def training_curves(histories: dict[str, list[dict]], title: str = "") -> plt.Fi
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss (solid: train, dashed: val)")
     ax_f1.set(xlabel="epoch", ylabel="score", title="macro F1 (solid: train, dashed: val)")
     for ax in (ax_loss, ax_f1):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
@@ -103,7 +105,7 @@ def per_class_chart(per_class: dict[str, list[dict]], metric: str = "f1", title:
         )
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set(ylabel=metric, ylim=(0, 1.05), title=title or f"per-class {metric}")
-    ax.legend(fontsize=8, ncol=min(5, len(names)))
+    ax.legend(fontsize=8, ncol=min(6, len(names)), loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

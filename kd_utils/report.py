@@ -1,0 +1,185 @@
+"""The study's figures and README tables, rendered from saved results alone.
+
+``python -m kd_utils report`` re-renders every figure in ``Pictures/`` and every table between
+``<!-- results:<dataset>:start -->`` / ``<!-- results:<dataset>:end -->`` in the README from
+``results/<dataset>/runs.json``. The notebooks call the same ``FIGURES`` so the stored pictures and a
+re-render are byte-identical (PNG written without volatile metadata).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+from . import plots
+from .data import dataset_info
+from .results import load_runs
+
+RUN_ORDER = ("teacher", "baseline", "logit", "hidden", "regressor", "final")
+
+
+def run_name(record: dict) -> str:
+    return record.get("name") or record["experiment"]
+
+
+def latest_runs(records: list[dict]) -> dict[str, dict]:
+    """The most recent record of each run name, in the study's order (later records win)."""
+    latest = {run_name(r): r for r in records}
+    return {name: latest[name] for name in RUN_ORDER if name in latest}
+
+
+def label(name: str, record: dict) -> str:
+    return f"final ({record['experiment']}, {record['config']['epochs']} ep)" if name == "final" else name
+
+
+def metric_rows(runs: dict[str, dict]) -> list[dict]:
+    baseline = runs.get("baseline", {}).get("test", {}).get("f1")
+    rows = []
+    for name, r in runs.items():
+        t = r["test"]
+        gain = t["f1"] - baseline if baseline is not None and name not in ("teacher", "baseline") else None
+        rows.append({"name": label(name, r), **{k: t[k] for k in plots.METRICS}, "gain_f1": gain, "record": r})
+    return rows
+
+
+def curves_figure(runs: dict[str, dict], names: tuple[str, ...]) -> plt.Figure | None:
+    """Curves of ``names`` overlaid; None unless the last (the run the figure is about) has a history."""
+    if not runs.get(names[-1], {}).get("history"):
+        return None
+    chosen = {label(n, runs[n]): runs[n]["history"] for n in names if n in runs and runs[n]["history"]}
+    return plots.training_curves(chosen)
+
+
+def metrics_figure(runs: dict[str, dict]) -> plt.Figure | None:
+    return plots.metric_table(metric_rows(runs), title="test metrics (macro)") if runs else None
+
+
+def per_class_figure(runs: dict[str, dict]) -> plt.Figure | None:
+    chosen = {label(n, r): r["test"]["per_class"] for n, r in runs.items()}
+    return plots.per_class_chart(chosen, "f1", title="per-class F1 on the test set") if chosen else None
+
+
+def confusion_figure(runs: dict[str, dict], name: str) -> plt.Figure | None:
+    if name not in runs:
+        return None
+    r = runs[name]
+    classes = [row["class"] for row in r["test"]["per_class"]]
+    return plots.confusion_heatmap(
+        r["test"]["confusion_matrix"], classes, title=f"{label(name, r)}: confusion (row-normalised)"
+    )
+
+
+FIGURES: dict[str, Callable[[dict[str, dict]], plt.Figure | None]] = {
+    "00_baselines_curves": lambda runs: curves_figure(runs, ("teacher", "baseline")),
+    "01_logit_curves": lambda runs: curves_figure(runs, ("baseline", "logit")),
+    "02_hidden_curves": lambda runs: curves_figure(runs, ("baseline", "hidden")),
+    "03_regressor_curves": lambda runs: curves_figure(runs, ("baseline", "regressor")),
+    "04_final_curves": lambda runs: curves_figure(runs, ("baseline", "final")),
+    "metrics": metrics_figure,
+    "per_class_f1": per_class_figure,
+    "confusion_teacher": lambda runs: confusion_figure(runs, "teacher"),
+    "confusion_final": lambda runs: confusion_figure(runs, "final"),
+}
+
+
+def figure_path(pictures: Path, dataset: str, figure: str) -> Path:
+    return Path(pictures) / f"{dataset}_{figure}.png"
+
+
+def render_figure(figure: str, runs: dict[str, dict], dataset: str, pictures: Path) -> plt.Figure | None:
+    """Draw one named figure from the runs and save it under ``pictures``; None when its runs are missing."""
+    fig = FIGURES[figure](runs)
+    if fig is not None:
+        plots.save_figure(fig, figure_path(pictures, dataset, figure))
+    return fig
+
+
+def markdown_table(runs: dict[str, dict]) -> str:
+    header = "| run | accuracy | precision | recall | F1 | F1 gain vs baseline | best epoch | params | train s | s to target val acc |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in metric_rows(runs):
+        r = row.pop("record")
+        gain = f"{row['gain_f1']:+.4f}" if row["gain_f1"] is not None else ""
+        ttt = r.get("time_to_target") or {}
+        to_target = f"{ttt['seconds']:.0f} (≥{ttt['target']:.2f})" if ttt.get("seconds") is not None else ""
+        best = r.get("best_epoch") if r.get("best_epoch") is not None else ""
+        lines.append(
+            f"| {row['name']} | {row['accuracy']:.4f} | {row['precision']:.4f} | {row['recall']:.4f} | "
+            f"{row['f1']:.4f} | {gain} | {best} | {r['params']:,} | {r['seconds']:.0f} | {to_target} |"
+        )
+    return "\n".join(lines)
+
+
+NOISE_F1 = 0.005  # single-seed differences in macro F1 below this are read as noise (see benchmarks/README.md)
+
+
+def conclusion(runs: dict[str, dict], name: str) -> str:
+    """One sentence reading the measured test F1 of run ``name`` against the baseline and the teacher."""
+    f1 = {n: r["test"]["f1"] for n, r in runs.items()}
+    gain = f1[name] - f1["baseline"]
+    verdict = (
+        f"within single-seed noise (|gain| < {NOISE_F1}), so this run shows no reliable difference"
+        if abs(gain) < NOISE_F1
+        else ("a gain larger than single-seed noise" if gain > 0 else "a loss larger than single-seed noise")
+    )
+    teacher = f"; the teacher scores {f1['teacher']:.4f}" if "teacher" in f1 else ""
+    return (
+        f"{label(name, runs[name])}: test macro F1 {f1[name]:.4f} vs baseline {f1['baseline']:.4f} "
+        f"({gain:+.4f}), {verdict}{teacher}."
+    )
+
+
+def replace_block(text: str, key: str, body: str) -> str:
+    """Replace what stands between ``<!-- key:start -->`` and ``<!-- key:end -->`` (markers kept)."""
+    pattern = re.compile(rf"(<!-- {re.escape(key)}:start -->\n).*?(<!-- {re.escape(key)}:end -->)", re.S)
+    if not pattern.search(text):
+        return text
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", per_class: int = 8) -> list[Path]:
+    """Per-class sample grids of the train and test splits (the first images of each class), when the
+    dataset is on disk; nothing when it is not (the report never downloads)."""
+    from .data import load_dataset
+
+    info = dataset_info(dataset)
+    written = []
+    for split, train in (("train", True), ("test", False)):
+        try:
+            images, labels = load_dataset(dataset, data_dir, train=train)
+        except FileNotFoundError:
+            return written
+        fig = plots.sample_grid(images, labels, info.classes, per_class, title=f"{dataset} {split} samples")
+        written.append(plots.save_figure(fig, figure_path(pictures, dataset, f"samples_{split}")))
+        plt.close(fig)
+    return written
+
+
+def render_report(
+    results_dir: str | Path = "results",
+    pictures: str | Path = "Pictures",
+    readme: str | Path | None = "README.md",
+    data_dir: str | Path = "data",
+) -> list[Path]:
+    """Re-render every figure and README table from ``results_dir/<dataset>/runs.json``; returns the files written."""
+    written = []
+    for runs_file in sorted(Path(results_dir).glob("*/runs.json")):
+        dataset = runs_file.parent.name
+        dataset_info(dataset)
+        runs = latest_runs(load_runs(runs_file))
+        written += render_samples(dataset, Path(pictures), data_dir)
+        for figure in FIGURES:
+            fig = render_figure(figure, runs, dataset, Path(pictures))
+            if fig is not None:
+                written.append(figure_path(Path(pictures), dataset, figure))
+                plt.close(fig)
+        if readme is not None and Path(readme).exists():
+            text = Path(readme).read_text()
+            new = replace_block(text, f"results:{dataset}", markdown_table(runs))
+            if new != text:
+                Path(readme).write_text(new)
+                written.append(Path(readme))
+    return written

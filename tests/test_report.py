@@ -1,0 +1,76 @@
+"""The report re-renders figures and README tables from saved results, deterministically."""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kd_utils.cli import main
+from kd_utils.report import FIGURES, latest_runs, markdown_table, replace_block
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A tiny synthetic study written the way the notebooks write it: results/<dataset>/runs.json."""
+    root = tmp_path_factory.mktemp("study")
+    args = ["run", "--experiment", "all", "--dataset", "synthetic", "--epochs", "1", "--teacher-epochs", "2",
+            "--device", "cpu", "--no-progress", "--checkpoint-dir", str(root / "ck"),
+            "--results-path", str(root / "results" / "synthetic" / "runs.json")]  # fmt: skip
+    assert main(args) == 0
+    return root
+
+
+def test_report_renders_every_figure_and_table_twice_identically(study, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:synthetic:start -->\nold\n<!-- results:synthetic:end -->\ntail\n")
+    args = ["report", "--results-dir", str(study / "results"), "--pictures-dir", str(tmp_path / "a"),
+            "--readme", str(readme)]  # fmt: skip
+    assert main(args) == 0
+    first_readme = readme.read_text()
+    assert "old" not in first_readme and "| logit |" in first_readme and first_readme.endswith("tail\n")
+    pictures = sorted(p.name for p in (tmp_path / "a").iterdir())
+    # the synthetic study has no final run: every figure but the final-run ones, plus the sample grids
+    expected = {f"synthetic_{f}.png" for f in FIGURES if "final" not in f} | {
+        "synthetic_samples_train.png",
+        "synthetic_samples_test.png",
+    }
+    assert set(pictures) == expected
+    assert main([*args[:4], str(tmp_path / "b"), *args[5:]]) == 0
+    assert readme.read_text() == first_readme
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", pictures, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(pictures)
+
+
+def test_latest_run_of_each_name_wins():
+    def record(name, f1):
+        test = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "per_class": [], "confusion_matrix": []}
+        return {"experiment": name, "name": name, "config": {"epochs": 1}, "test": test, "params": 1, "seconds": 1.0}
+
+    runs = latest_runs([record("baseline", 0.5), record("logit", 0.6), record("baseline", 0.7)])
+    assert list(runs) == ["baseline", "logit"] and runs["baseline"]["test"]["f1"] == 0.7
+    table = markdown_table(runs)
+    assert "| logit | 0.6000 |" in table and "-0.1000" in table
+
+
+def test_replace_block_keeps_markers_and_ignores_missing_ones():
+    text = "a\n<!-- k:start -->\nx\n<!-- k:end -->\nb"
+    assert replace_block(text, "k", "new") == "a\n<!-- k:start -->\nnew\n<!-- k:end -->\nb"
+    assert replace_block(text, "other", "new") == text
+
+
+def test_committed_results_reproduce_the_committed_figures_and_readme(tmp_path):
+    """`python -m kd_utils report` on the committed results leaves Pictures/ and README.md unchanged."""
+    if not list((ROOT / "results").glob("*/runs.json")):
+        pytest.skip("no committed results/<dataset>/runs.json yet")
+    readme = tmp_path / "README.md"
+    shutil.copy(ROOT / "README.md", readme)
+    assert main(["report", "--results-dir", str(ROOT / "results"), "--pictures-dir", str(tmp_path / "pics"),
+                 "--readme", str(readme), "--data-dir", str(ROOT / "data")]) == 0  # fmt: skip
+    assert readme.read_text() == (ROOT / "README.md").read_text()
+    for png in (tmp_path / "pics").iterdir():
+        assert filecmp.cmp(png, ROOT / "Pictures" / png.name, shallow=False), png.name
