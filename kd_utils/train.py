@@ -327,7 +327,7 @@ def fit(
             if improved:
                 _atomic_save({**trainable_state(distiller), "epoch": epoch}, ckpt_dir / "best.pt")
             _atomic_save(state, ckpt_dir / "last.pt")
-        if improved:
+        if improved and ckpt_dir is None:  # without a checkpoint folder the best weights stay in memory
             best_state = {k: v.detach().clone() for k, v in distiller.state_dict().items()}
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         best = load_checkpoint(ckpt_dir / "best.pt")
