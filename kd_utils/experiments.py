@@ -35,7 +35,6 @@ from .train import (
     time_to_accuracy,
 )
 
-EXPERIMENTS = ("teacher", *DISTILLERS)  # teacher, baseline, logit, hidden, regressor
 STUDENT_METHODS = tuple(m for m in DISTILLERS if m != "baseline")
 EXPERIMENT_ALIASES = {"1": "logit", "2": "hidden", "3": "regressor"}
 WEAK_TEACHER_FACTOR = 1.5  # a teacher whose val accuracy is within 1.5x of chance is refused
