@@ -47,6 +47,10 @@ class StagedNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x)[-1])
 
+    @property
+    def num_params(self) -> int:
+        return count_parameters(self)
+
 
 def plain_cnn(in_channels: int, num_classes: int, widths: tuple[int, ...], convs_per_stage: int) -> StagedNet:
     """VGG-style: each stage is ``convs_per_stage`` 3x3 conv-BN-ReLU blocks then a 2x2 max-pool."""

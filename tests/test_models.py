@@ -114,3 +114,9 @@ def test_fuse_batchnorm_keeps_outputs_and_leaves_the_original_alone(name):
     assert not fused.training and not any(p.requires_grad for p in fused.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_num_params_matches_count_parameters():
+    for name in list_models():
+        model = build_model(name, 1, 10)
+        assert model.num_params == count_parameters(model) == sum(p.numel() for p in model.parameters())
