@@ -98,6 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--data-dir", default=DEFAULTS.data_dir, help="datasets for the sample grids (never downloaded)"
     )
+    report.add_argument("--notebooks-dir", default="notebooks", help="notebooks whose stored wall times are tabled")
     return parser  # fmt: skip
 
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nresults appended to {args.results_path}")
     elif args.command == "report":
         try:
-            written = render_report(args.results_dir, args.pictures_dir, args.readme, args.data_dir)
+            written = render_report(args.results_dir, args.pictures_dir, args.readme, args.data_dir, args.notebooks_dir)
         except (ValueError, FileNotFoundError) as err:
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
             return 2

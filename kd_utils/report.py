@@ -1,13 +1,15 @@
 """The study's figures and README tables, rendered from saved results alone.
 
-``python -m kd_utils report`` re-renders every figure in ``Pictures/`` and every table between
-``<!-- results:<dataset>:start -->`` / ``<!-- results:<dataset>:end -->`` in the README from
-``results/<dataset>/runs.json``. The notebooks call the same ``FIGURES`` so the stored pictures and a
+``python -m kd_utils report`` re-renders every figure in ``Pictures/`` and every README block between
+``<!-- results:<dataset>:start -->`` / ``<!-- results:<dataset>:end -->`` (the full table) and
+``<!-- results:<dataset>:<section>:start/end -->`` (one experiment's table and conclusion, see ``SECTIONS``)
+from ``results/<dataset>/runs.json``; a block whose run is missing is left as it is. The notebooks call the same ``FIGURES`` so the stored pictures and a
 re-render are byte-identical (PNG written without volatile metadata).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -117,8 +119,19 @@ NOISE_F1 = 0.005  # single-seed differences in macro F1 below this are read as n
 
 
 def conclusion(runs: dict[str, dict], name: str) -> str:
-    """One sentence reading the measured test F1 of run ``name`` against the baseline and the teacher."""
+    """One sentence reading the measured test F1 of run ``name`` against the baseline and the teacher.
+
+    For ``name="baseline"`` it states the teacher-student gap that distillation sets out to close.
+    """
     f1 = {n: r["test"]["f1"] for n, r in runs.items()}
+    if name == "baseline":
+        teacher, student = runs["teacher"], runs["baseline"]
+        return (
+            f"teacher ({teacher['params']:,} parameters): test accuracy {teacher['test']['accuracy']:.4f}, "
+            f"macro F1 {f1['teacher']:.4f}; student alone ({student['params']:,} parameters, "
+            f"{teacher['params'] / student['params']:.0f}x fewer): {student['test']['accuracy']:.4f}, "
+            f"{f1['baseline']:.4f}; a gap of {f1['teacher'] - f1['baseline']:+.4f} F1 for distillation to close."
+        )
     gain = f1[name] - f1["baseline"]
     verdict = (
         f"within single-seed noise (|gain| < {NOISE_F1}), so this run shows no reliable difference"
@@ -130,6 +143,48 @@ def conclusion(runs: dict[str, dict], name: str) -> str:
         f"{label(name, runs[name])}: test macro F1 {f1[name]:.4f} vs baseline {f1['baseline']:.4f} "
         f"({gain:+.4f}), {verdict}{teacher}."
     )
+
+
+SECTIONS: dict[str, tuple[str, ...]] = {  # README block ``results:<dataset>:<section>`` -> the runs it compares
+    "baselines": ("teacher", "baseline"),
+    "logit": ("teacher", "baseline", "logit"),
+    "hidden": ("teacher", "baseline", "hidden"),
+    "regressor": ("teacher", "baseline", "regressor"),
+    "final": RUN_ORDER,
+}
+
+
+def provenance(runs: dict[str, dict]) -> str:
+    """Where the numbers come from: dataset, split sizes, hardware, torch, and when the runs were recorded."""
+    first = next(iter(runs.values()))
+    env, sizes = first.get("environment", {}), first.get("data_sizes", {})
+    dates = sorted(r["timestamp"][:10] for r in runs.values() if r.get("timestamp"))
+    when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
+    split = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    return (
+        f"Measured on {first['config']['dataset']} ({split}), seed {first['config']['seed']}, "
+        f"{env.get('hardware', 'unknown hardware')}, torch {env.get('torch', '?')}; runs recorded {when}."
+    )
+
+
+def section(runs: dict[str, dict], key: str) -> str | None:
+    """A README section's table and conclusion; None while the run it is about is missing."""
+    names = SECTIONS[key]
+    subject = "baseline" if key == "baselines" else names[-1]
+    if subject not in runs or "baseline" not in runs:
+        return None
+    chosen = {n: runs[n] for n in names if n in runs}
+    return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject)}"
+
+
+def readme_blocks(runs: dict[str, dict], dataset: str) -> dict[str, str]:
+    """Every README block this dataset's runs can fill: the full table (with its provenance) and each section."""
+    blocks = {f"results:{dataset}": f"{markdown_table(runs)}\n\n{provenance(runs)}"} if runs else {}
+    for key in SECTIONS:
+        body = section(runs, key)
+        if body is not None:
+            blocks[f"results:{dataset}:{key}"] = body
+    return blocks
 
 
 def replace_block(text: str, key: str, body: str) -> str:
@@ -158,14 +213,35 @@ def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", 
     return written
 
 
+WALL_TIME = re.compile(r"notebook wall time: (\d+) s \| profile: ([\w-]+)")
+RUN_INFO = re.compile(r"run info \| profile: (\w+) \| dataset: ([\w-]+) \|.*device: ([^|]+)\|.*started: ([^\n]+)")
+
+
+def notebook_times(notebooks: str | Path) -> str | None:
+    """A table of each committed notebook's stored run: profile, dataset, device, start and wall time."""
+    rows = []
+    for path in sorted(Path(notebooks).glob("*.ipynb")):
+        texts = [o.get("text", "") for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
+        text = "".join(t if isinstance(t, str) else "".join(t) for t in texts)
+        info, wall = RUN_INFO.search(text), WALL_TIME.search(text)
+        if info and wall:
+            profile, dataset, device, started = (g.strip() for g in info.groups())
+            rows.append(f"| `{path.stem}` | {profile} | {dataset} | {device} | {started} | {int(wall[1]) / 60:.1f} |")
+    if not rows:
+        return None
+    header = "| notebook | profile | dataset | device | started | wall time (min) |\n|---|---|---|---|---|---|"
+    return "\n".join([header, *rows])
+
+
 def render_report(
     results_dir: str | Path = "results",
     pictures: str | Path = "Pictures",
     readme: str | Path | None = "README.md",
     data_dir: str | Path = "data",
+    notebooks: str | Path | None = "notebooks",
 ) -> list[Path]:
     """Re-render every figure and README table from ``results_dir/<dataset>/runs.json``; returns the files written."""
-    written = []
+    written, blocks = [], {}
     for runs_file in sorted(Path(results_dir).glob("*/runs.json")):
         dataset = runs_file.parent.name
         dataset_info(dataset)
@@ -176,10 +252,16 @@ def render_report(
             if fig is not None:
                 written.append(figure_path(Path(pictures), dataset, figure))
                 plt.close(fig)
-        if readme is not None and Path(readme).exists():
-            text = Path(readme).read_text()
-            new = replace_block(text, f"results:{dataset}", markdown_table(runs))
-            if new != text:
-                Path(readme).write_text(new)
-                written.append(Path(readme))
+        blocks.update(readme_blocks(runs, dataset))
+    times = notebook_times(notebooks) if notebooks is not None else None
+    if times is not None:
+        blocks["notebook-times"] = times
+    if readme is not None and Path(readme).exists():
+        text = Path(readme).read_text()
+        new = text
+        for key, body in blocks.items():
+            new = replace_block(new, key, body)
+        if new != text:
+            Path(readme).write_text(new)
+            written.append(Path(readme))
     return written

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import filecmp
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from kd_utils.cli import main
-from kd_utils.report import FIGURES, latest_runs, markdown_table, replace_block
+from kd_utils.report import FIGURES, latest_runs, markdown_table, notebook_times, replace_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,21 @@ def test_report_renders_every_figure_and_table_twice_identically(study, tmp_path
     assert mismatch == [] and errors == [] and len(match) == len(pictures)
 
 
+def test_report_fills_each_section_block_and_leaves_blocks_of_missing_runs(study, tmp_path):
+    blocks = "".join(f"<!-- results:synthetic:{k}:start -->\nold {k}\n<!-- results:synthetic:{k}:end -->\n"
+                     for k in ("baselines", "logit", "regressor", "final"))  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text(blocks)
+    args = ["report", "--results-dir", str(study / "results"), "--pictures-dir", str(tmp_path / "p"),
+            "--readme", str(readme)]  # fmt: skip
+    assert main(args) == 0
+    text = readme.read_text()
+    logit = text.split("results:synthetic:logit:start -->")[1].split("<!--")[0]
+    assert "| logit |" in logit and "| regressor |" not in logit and "logit: test macro F1" in logit
+    assert "a gap of" in text.split("results:synthetic:baselines:start -->")[1].split("<!--")[0]
+    assert "old final" in text and "old logit" not in text  # the synthetic study has no final run
+
+
 def test_latest_run_of_each_name_wins():
     def record(name, f1):
         test = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "per_class": [], "confusion_matrix": []}
@@ -70,7 +86,24 @@ def test_committed_results_reproduce_the_committed_figures_and_readme(tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
     assert main(["report", "--results-dir", str(ROOT / "results"), "--pictures-dir", str(tmp_path / "pics"),
-                 "--readme", str(readme), "--data-dir", str(ROOT / "data")]) == 0  # fmt: skip
+                 "--readme", str(readme), "--data-dir", str(ROOT / "data"),
+                 "--notebooks-dir", str(ROOT / "notebooks")]) == 0  # fmt: skip
     assert readme.read_text() == (ROOT / "README.md").read_text()
     for png in (tmp_path / "pics").iterdir():
         assert filecmp.cmp(png, ROOT / "Pictures" / png.name, shallow=False), png.name
+
+
+def test_notebook_times_table_reads_the_stored_run_info_and_wall_time(tmp_path):
+    def notebook(*lines):
+        outputs = [{"output_type": "stream", "name": "stdout", "text": line + "\n"} for line in lines]
+        return json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": outputs}]})
+
+    info = "run info | profile: full | dataset: fashion-mnist | seed: 0 | device: cpu: Xeon | torch 2 | started: 2026-11-23 18:13 UTC"
+    (tmp_path / "00_a.ipynb").write_text(
+        notebook(info, "epoch 1", "notebook wall time: 1500 s | profile: full | device: cpu")
+    )
+    (tmp_path / "01_b.ipynb").write_text(notebook(info))  # no wall time: not executed to the end, no row
+    table = notebook_times(tmp_path)
+    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | 2026-11-23 18:13 UTC | 25.0 |"
+    assert "01_b" not in table
+    assert notebook_times(tmp_path / "missing") is None
