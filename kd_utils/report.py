@@ -157,13 +157,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {  # README block ``results:<dataset>:<se
 def provenance(runs: dict[str, dict]) -> str:
     """Where the numbers come from: dataset, split sizes, hardware, torch, and when the runs were recorded."""
     first = next(iter(runs.values()))
-    env, sizes = first.get("environment", {}), first.get("data_sizes", {})
+    sizes = first.get("data_sizes", {})
+    envs = [r.get("environment", {}) for r in runs.values()]
+    hardware = " / ".join(dict.fromkeys(e.get("hardware", "unknown hardware") for e in envs))
+    torch_versions = ", ".join(dict.fromkeys(e.get("torch", "?") for e in envs))
     dates = sorted(r["timestamp"][:10] for r in runs.values() if r.get("timestamp"))
     when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
     split = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
     return (
         f"Measured on {first['config']['dataset']} ({split}), seed {first['config']['seed']}, "
-        f"{env.get('hardware', 'unknown hardware')}, torch {env.get('torch', '?')}; runs recorded {when}."
+        f"{hardware}, torch {torch_versions}; runs recorded {when}."
     )
 
 

@@ -34,6 +34,7 @@ def test_report_renders_every_figure_and_table_twice_identically(study, tmp_path
     assert main(args) == 0
     first_readme = readme.read_text()
     assert "old" not in first_readme and "| logit |" in first_readme and first_readme.endswith("tail\n")
+    assert "Measured on synthetic (train " in first_readme and "seed 0, cpu" in first_readme
     pictures = sorted(p.name for p in (tmp_path / "a").iterdir())
     # the synthetic study has no final run: every figure but the final-run ones, plus the sample grids
     expected = {f"synthetic_{f}.png" for f in FIGURES if "final" not in f} | {
