@@ -10,12 +10,19 @@ import argparse
 import sys
 from dataclasses import fields
 
-from .experiments import EXPERIMENT_ALIASES, STUDENT_METHODS, ExperimentConfig, format_summary, run_study
+from .experiments import (
+    EXPERIMENT_ALIASES,
+    FINAL_EPOCHS,
+    STUDENT_METHODS,
+    ExperimentConfig,
+    format_summary,
+    run_study,
+)
 from .report import render_report
 from .results import check_results_path
 
 DEFAULTS = ExperimentConfig()
-EXPERIMENT_CHOICES = ("teacher", "baseline", *STUDENT_METHODS, "all", *EXPERIMENT_ALIASES)
+EXPERIMENT_CHOICES = ("teacher", "baseline", *STUDENT_METHODS, "all", "study", *EXPERIMENT_ALIASES)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -41,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--experiment",
         default="all",
         choices=EXPERIMENT_CHOICES,
-        help="what to run (1/2/3 = logit/hidden/regressor); the teacher and baseline come with every method",
+        help="what to run (1/2/3 = logit/hidden/regressor; all = every method; study = all, then the best by "
+        "validation F1 again for --final-epochs, as the notebooks do); the teacher and baseline come with every method",
     )
     run.add_argument("--dataset", default=d.dataset, help="cifar10 | fashion-mnist | synthetic")
     run.add_argument(
@@ -49,6 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--epochs", type=int, default=d.epochs, help="student epochs")
     run.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs, help="teacher epochs")
+    run.add_argument(
+        "--final-epochs", type=int, default=FINAL_EPOCHS, help="epochs of the final run (--experiment study)"
+    )
     run.add_argument("--batch-size", type=int, default=d.batch_size)
     run.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     run.add_argument("--optimizer", default=d.optimizer, help="sgd | adamw")
@@ -109,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 
 def experiments_from_arg(name: str) -> list[str]:
     name = EXPERIMENT_ALIASES.get(name, name)
-    return ["teacher", "baseline", *STUDENT_METHODS] if name == "all" else [name]
+    return ["teacher", "baseline", *STUDENT_METHODS] if name in ("all", "study") else [name]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         try:
             check_results_path(args.results_path)
-            records = run_study(experiments_from_arg(args.experiment), cfg, args.results_path)
+            final_epochs = args.final_epochs if args.experiment == "study" else None
+            records = run_study(
+                experiments_from_arg(args.experiment), cfg, args.results_path, final_epochs=final_epochs
+            )
         except (ValueError, FileNotFoundError) as err:
             print(f"{parser.prog}: error: {err}", file=sys.stderr)
             return 2

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from .train import (
 
 STUDENT_METHODS = tuple(m for m in DISTILLERS if m != "baseline")
 EXPERIMENT_ALIASES = {"1": "logit", "2": "hidden", "3": "regressor"}
+FINAL_EPOCHS = 70  # the long run of the best method (notebook 04, --experiment study)
 WEAK_TEACHER_FACTOR = 1.5  # a teacher whose val accuracy is within 1.5x of chance is refused
 
 
@@ -285,14 +286,26 @@ def check_teacher_strength(teacher: torch.nn.Module, data: DataSplits, cfg: Expe
     return accuracy
 
 
+def best_by_validation(records: dict[str, dict]) -> str:
+    """Name of the record with the highest best-epoch validation macro F1 (the test set plays no part)."""
+    return max(records, key=lambda name: records[name]["best_val_f1"])
+
+
 def run_study(
     experiments: list[str],
     cfg: ExperimentConfig,
     results_path: str | Path | None = None,
     log: Callable[[str], None] | None = print,
+    final_epochs: int | None = None,
 ) -> list[dict]:
-    """Teacher, baseline and the requested distillation methods; each record appended to ``results_path``."""
+    """Teacher, baseline and the requested distillation methods; each record appended to ``results_path``.
+
+    With ``final_epochs`` the method with the best validation F1 among those run is trained again for that
+    many epochs and recorded as "final" (what notebook 04 does).
+    """
     validate(cfg)
+    if final_epochs is not None and final_epochs < 1:
+        raise ValueError(f"final epochs must be >= 1, got {final_epochs}")
     data = prepare_data(cfg.data_config())
     if log:
         log(f"data: {cfg.dataset} {data.sizes()}")
@@ -315,10 +328,17 @@ def run_study(
             teacher = fuse_batchnorm(teacher)
     _, record = train_experiment("baseline", cfg, data, log=log)
     done(record)
+    methods = {}
     for experiment in experiments:
         if experiment in STUDENT_METHODS:
-            _, record = train_experiment(experiment, cfg, data, teacher, log)
-            done(record)
+            _, methods[experiment] = train_experiment(experiment, cfg, data, teacher, log)
+            done(methods[experiment])
+    if final_epochs is not None and methods:
+        best = best_by_validation(methods)
+        if log:
+            log(f"final run: {best} (best validation F1 {methods[best]['best_val_f1']:.4f}) for {final_epochs} epochs")
+        _, record = train_experiment(best, replace(cfg, epochs=final_epochs), data, teacher, log, name="final")
+        done(record)
     return records
 
 

@@ -11,10 +11,9 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .experiments import ExperimentConfig
+from .experiments import FINAL_EPOCHS, ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FINAL_EPOCHS = 70  # the long run of the best method (04_final_run)
 
 PROFILES: dict[str, dict] = {
     "full": {"teacher_epochs": 15, "epochs": 15, "final_epochs": FINAL_EPOCHS},

@@ -115,6 +115,20 @@ def test_all_runs_every_experiment(capsys, cache_dir, tmp_path):
     assert runs[0]["test"]["accuracy"] > 0.5  # the synthetic teacher is far from chance
 
 
+def test_study_reruns_the_best_method_by_validation_f1_as_final(capsys, cache_dir, tmp_path):
+    results = tmp_path / "study.json"
+    args = ("--experiment", "study", "--final-epochs", "2", "--checkpoint-dir", str(cache_dir))
+    code, out, err = run_cli(capsys, *SMALL, *args, "--results-path", str(results))
+    assert code == 0, err
+    runs = load_results(results)
+    assert [r["name"] for r in runs] == ["teacher", "baseline", "logit", "hidden", "regressor", "final"]
+    methods = {r["experiment"]: r["best_val_f1"] for r in runs[2:5]}
+    final = runs[-1]
+    assert final["experiment"] == max(methods, key=methods.get)  # chosen on validation F1, never test
+    assert final["config"]["epochs"] == 2 and len(final["history"]) == 2
+    assert f"final run: {final['experiment']}" in out
+
+
 @pytest.mark.parametrize(("alias", "method"), [("1", "logit"), ("2", "hidden"), ("3", "regressor")])
 def test_experiment_aliases(capsys, cache_dir, tmp_path, alias, method):
     assert experiments_from_arg(alias) == [method]
@@ -206,6 +220,7 @@ BAD_INPUTS = {
     "temperature 0": (["--temperature", "0"], "temperature"),
     "epochs 0": (["--epochs", "0"], "epochs"),
     "teacher epochs 0": (["--teacher-epochs", "0"], "epochs"),
+    "final epochs 0": (["--experiment", "study", "--final-epochs", "0"], "final epochs"),
     "labeled fraction 0": (["--labeled-fraction", "0"], "labeled fraction"),
     "labeled fraction 1.5": (["--labeled-fraction", "1.5"], "labeled fraction"),
     "negative feature weight": (["--feature-weight", "-1"], "feature weight"),
