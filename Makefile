@@ -2,13 +2,14 @@
 #   make demo   quick offline study on Fashion-MNIST (CPU, a few minutes), prints the summary table
 #   make test   the test suite: pytest tests/, then the notebooks through nbval (smoke profile)
 #   make report re-render Pictures/ and the README tables from results/
+#   make study  the stored full-profile study: notebooks 00-04 on Fashion-MNIST, outputs kept in notebooks/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test report lint
+.PHONY: setup data demo test report study lint
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,19 @@ test: setup data  # unit tests, then every notebook executed in the smoke profil
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
 	KD_PROFILE=smoke KD_DATASET=fashion-mnist KD_OUTPUT_DIR=$$(mktemp -d) \
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
+
+# Each notebook is executed into checkpoints/notebooks/ (written when it finishes); one already there is not
+# run again, so after an interruption `make study` goes on with the first unfinished notebook, which resumes
+# its training from checkpoints/. The executed notebooks replace the committed ones only when all five ran.
+STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebooks/0*.ipynb))
+
+checkpoints/notebooks/%.ipynb: | setup data
+	KD_PROFILE=full KD_DATASET=fashion-mnist $(VENV)/bin/jupyter nbconvert --to notebook --execute \
+	  --ExecutePreprocessor.timeout=-1 --output-dir checkpoints/notebooks notebooks/$*.ipynb
+
+study: $(STUDY_DONE)
+	cp $(STUDY_DONE) notebooks/
+	$(PY) -m kd_utils report
 
 report: setup  # re-render Pictures/ and the README's result tables from results/
 	$(PY) -m kd_utils report

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd_utils.data import DataConfig, TensorLoader, prepare_data  # noqa: E402
 from kd_utils.distill import build_distiller  # noqa: E402
 from kd_utils.models import build_model  # noqa: E402
-from kd_utils.train import TrainConfig, evaluate, fit, resolve_device, resolve_precision  # noqa: E402
+from kd_utils.train import TrainConfig, device_name, evaluate, fit, resolve_device, resolve_precision  # noqa: E402
 
 SETTINGS = {
     "fp32-plain": {"precision": "fp32", "channels_last": False},
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "mean_images_per_s": statistics.mean(speeds)}  # fmt: skip
         print(f"{name:<11} accuracy {summary[name]['mean_accuracy']:.4f} +- {summary[name]['std_accuracy']:.4f} "
               f"| {summary[name]['mean_images_per_s']:,.0f} img/s")  # fmt: skip
-    report = {"device": str(device), "torch": torch.__version__, "settings": vars(args) | {"json": str(args.json)},
+    report = {"device": device_name(device), "torch": torch.__version__, "settings": vars(args) | {"json": str(args.json)},
               "runs": runs, "summary": summary}  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

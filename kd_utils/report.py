@@ -218,10 +218,11 @@ def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", 
 
 WALL_TIME = re.compile(r"notebook wall time: (\d+) s \| profile: ([\w-]+)")
 RUN_INFO = re.compile(r"run info \| profile: (\w+) \| dataset: ([\w-]+) \|.*device: ([^|]+)\|.*started: ([^\n]+)")
+PRECISION = re.compile(r"run info \|.*\| precision: (\w+) \|")
 
 
 def notebook_times(notebooks: str | Path) -> str | None:
-    """A table of each committed notebook's stored run: profile, dataset, device, start and wall time."""
+    """A table of each committed notebook's stored run: profile, dataset, device, precision, start, wall time."""
     rows = []
     for path in sorted(Path(notebooks).glob("*.ipynb")):
         texts = [o.get("text", "") for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
@@ -229,10 +230,14 @@ def notebook_times(notebooks: str | Path) -> str | None:
         info, wall = RUN_INFO.search(text), WALL_TIME.search(text)
         if info and wall:
             profile, dataset, device, started = (g.strip() for g in info.groups())
-            rows.append(f"| `{path.stem}` | {profile} | {dataset} | {device} | {started} | {int(wall[1]) / 60:.1f} |")
+            precision = PRECISION.search(text)
+            precision = precision[1] if precision else "?"
+            rows.append(
+                f"| `{path.stem}` | {profile} | {dataset} | {device} | {precision} | {started} | {int(wall[1]) / 60:.1f} |"
+            )
     if not rows:
         return None
-    header = "| notebook | profile | dataset | device | started | wall time (min) |\n|---|---|---|---|---|---|"
+    header = "| notebook | profile | dataset | device | precision | started | wall time (min) |\n|---|---|---|---|---|---|---|"
     return "\n".join([header, *rows])
 
 

@@ -99,12 +99,12 @@ def test_notebook_times_table_reads_the_stored_run_info_and_wall_time(tmp_path):
         outputs = [{"output_type": "stream", "name": "stdout", "text": line + "\n"} for line in lines]
         return json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": outputs}]})
 
-    info = "run info | profile: full | dataset: fashion-mnist | seed: 0 | device: cpu: Xeon | torch 2 | started: 2026-11-23 18:13 UTC"
+    info = "run info | profile: full | dataset: fashion-mnist | seed: 0 | device: cpu: Xeon | torch 2 | precision: bfloat16 | started: 2026-11-23 18:13 UTC"
     (tmp_path / "00_a.ipynb").write_text(
         notebook(info, "epoch 1", "notebook wall time: 1500 s | profile: full | device: cpu")
     )
     (tmp_path / "01_b.ipynb").write_text(notebook(info))  # no wall time: not executed to the end, no row
     table = notebook_times(tmp_path)
-    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | 2026-11-23 18:13 UTC | 25.0 |"
+    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
     assert "01_b" not in table
     assert notebook_times(tmp_path / "missing") is None
