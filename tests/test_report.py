@@ -105,6 +105,9 @@ def test_notebook_times_table_reads_the_stored_run_info_and_wall_time(tmp_path):
     )
     (tmp_path / "01_b.ipynb").write_text(notebook(info))  # no wall time: not executed to the end, no row
     table = notebook_times(tmp_path)
-    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
+    assert (
+        table.splitlines()[2]
+        == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
+    )
     assert "01_b" not in table
     assert notebook_times(tmp_path / "missing") is None
