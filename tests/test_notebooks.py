@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+from kd_utils.report import RUN_ORDER
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_baseline", "01_logit_distillation", "02_hidden_state_imitation", "03_feature_regressor", "04_final_run"]
 RUN_INFO = re.compile(r"run info \| profile: (\w+) \| dataset: ([\w-]+) \|")
 
@@ -49,6 +53,19 @@ def test_notebook_is_valid_and_complete(path):
     assert recorded_run(nb) is not None, "the run-info cell must print the profile and dataset of the stored run"
 
 
-def test_all_notebooks_record_the_same_run():
+def test_all_notebooks_store_the_same_full_profile_run():
     runs = {recorded_run(nbformat.read(p, as_version=4)) for p in NOTEBOOKS}
     assert len(runs) == 1, f"stored outputs come from different runs: {runs}"
+    profile, dataset = runs.pop()
+    assert profile == "full", f"committed notebooks must hold a full-profile run, not '{profile}'"
+    runs_file = ROOT / "results" / dataset / "runs.json"
+    assert runs_file.exists(), "the run's results are committed beside it"
+    names = {r.get("name") or r["experiment"] for r in json.loads(runs_file.read_text())["runs"]}
+    assert set(RUN_ORDER) <= names, f"the full study records every run; missing: {set(RUN_ORDER) - names}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_ends_with_its_wall_time(path):
+    last = code_cells(nbformat.read(path, as_version=4))[-1]
+    text = "".join(o.get("text", "") for o in last.get("outputs", []))
+    assert re.match(r"notebook wall time: \d+ s \| profile: full", text), text
