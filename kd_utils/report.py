@@ -230,8 +230,7 @@ def notebook_times(notebooks: str | Path) -> str | None:
         info, wall = RUN_INFO.search(text), WALL_TIME.search(text)
         if info and wall:
             profile, dataset, device, started = (g.strip() for g in info.groups())
-            precision = PRECISION.search(text)
-            precision = precision[1] if precision else "?"
+            precision = next((m[1] for m in PRECISION.finditer(text)), "?")  # older run-info lines lack it
             rows.append(
                 f"| `{path.stem}` | {profile} | {dataset} | {device} | {precision} | {started} | {int(wall[1]) / 60:.1f} |"
             )

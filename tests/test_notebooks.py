@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kd_utils.report import RUN_ORDER
+from kd_utils.report import RUN_ORDER, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -60,7 +60,7 @@ def test_all_notebooks_store_the_same_full_profile_run():
     assert profile == "full", f"committed notebooks must hold a full-profile run, not '{profile}'"
     runs_file = ROOT / "results" / dataset / "runs.json"
     assert runs_file.exists(), "the run's results are committed beside it"
-    names = {r.get("name") or r["experiment"] for r in json.loads(runs_file.read_text())["runs"]}
+    names = {run_name(r) for r in json.loads(runs_file.read_text())["runs"]}
     assert set(RUN_ORDER) <= names, f"the full study records every run; missing: {set(RUN_ORDER) - names}"
 
 
