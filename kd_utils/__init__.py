@@ -1,21 +1,33 @@
 """kd_utils: knowledge distillation from a large teacher CNN to a small student CNN.
 
-The pipeline, one module per step: data -> models -> losses -> distill -> train -> metrics -> plots ->
-results -> experiments -> report -> cli; profiles holds the notebooks' full and smoke settings.
+The pipeline, one module per step: data -> models -> losses -> distill -> train (teacher_cache) -> metrics ->
+plots -> results -> config -> experiments -> stats -> report -> cli; profiles holds the notebooks' settings.
 """
 
+from .config import ExperimentConfig
 from .data import DATASETS, DataConfig, DataSplits, TensorLoader, load_dataset, prepare_data
 from .distill import DistillConfig, build_distiller
-from .experiments import ExperimentConfig, run_study, train_experiment
-from .losses import FeatureRegressor, hidden_state_loss, kd_loss, regressor_loss, soft_target_kl
+from .experiments import prepare_teacher, run_study, train_experiment
+from .losses import (
+    FeatureRegressor,
+    attention_transfer_loss,
+    dist_loss,
+    dkd_loss,
+    hidden_state_loss,
+    kd_loss,
+    regressor_loss,
+    rkd_loss,
+    soft_target_kl,
+)
 from .metrics import classification_metrics
 from .models import build_model, count_parameters, list_models
 from .train import TrainConfig, fit
 
 __all__ = [
     "DATASETS", "DataConfig", "DataSplits", "DistillConfig", "ExperimentConfig", "FeatureRegressor",
-    "TensorLoader", "TrainConfig", "build_distiller", "build_model", "classification_metrics",
-    "count_parameters", "fit", "hidden_state_loss", "kd_loss", "list_models", "load_dataset",
-    "prepare_data", "regressor_loss", "run_study", "soft_target_kl", "train_experiment",
+    "TensorLoader", "TrainConfig", "attention_transfer_loss", "build_distiller", "build_model",
+    "classification_metrics", "count_parameters", "dist_loss", "dkd_loss", "fit", "hidden_state_loss", "kd_loss",
+    "list_models", "load_dataset", "prepare_data", "prepare_teacher", "regressor_loss", "rkd_loss", "run_study",
+    "soft_target_kl", "train_experiment",
 ]  # fmt: skip
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,3 +1,5 @@
-from kd_utils.cli import main
+import sys
 
-raise SystemExit(main())
+from .cli import main
+
+sys.exit(main(prog="python -m kd_utils"))

@@ -1,5 +1,11 @@
-"""One small module per experiment: it owns the student, the frozen teacher and any adapters, and turns a
-batch into ``(loss, student_logits, parts)``, where ``parts`` names the detached loss terms for logging.
+"""One small module per method: it owns the student, the frozen teacher and any adapters, and turns a batch
+into ``(loss, student_logits, parts)``, where ``parts`` names the detached loss terms for logging.
+
+The teacher's contribution is a dict of *targets* (``teacher_targets``): its logits, its stage maps pooled to a
+small size, or its full maps. Targets made only of logits and pooled maps are a function of the input batch
+alone, so the trainer may compute them once per data stream and reuse them (``kd_utils.teacher_cache``);
+passing them in gives bit-identical results to computing them here. Pooled maps are rounded through float16
+in both paths, which is what lets them be stored compactly.
 
 The trainer optimises every parameter that requires grad, so adapters (the regressors) train with the
 student; the teacher's parameters never require grad and it stays in eval mode whatever ``.train()`` says.
@@ -7,31 +13,82 @@ student; the teacher's parameters never require grad and it stays in eval mode w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import (
+    CHANNEL_MATCHES,
+    FEATURE_KINDS,
     FeatureRegressor,
+    attention_transfer_loss,
+    dist_loss,
+    dkd_loss,
     hidden_state_loss,
+    kd_loss,
     masked_cross_entropy,
     regressor_loss,
+    rkd_loss,
     soft_target_kl,
 )
-
-METHODS = ("baseline", "logit", "hidden", "regressor")
 
 
 @dataclass
 class DistillConfig:
-    alpha: float = 0.9  # logit: weight of the soft-target KL; 1 - alpha weighs cross-entropy
-    temperature: float = 4.0  # logit: softmax temperature T
-    feature_weight: float = 1.0  # hidden/regressor: weight of the feature term next to cross-entropy
-    level_weights: tuple[float, ...] | None = None  # hidden/regressor: one weight per matched level
-    feature_kind: str = "mse"  # hidden: mse | cosine
+    alpha: float = 0.9  # logit KD: weight of the soft-target KL; 1 - alpha weighs cross-entropy
+    temperature: float = 4.0  # logit KD and DKD: softmax temperature T
+    feature_weight: float = 1.0  # hidden: weight of the feature term next to the label loss
+    regressor_weight: float = 100.0  # regressor / fitnets hint: weight of the MSE hint (FitNets code, mdistiller)
+    level_weights: tuple[float, ...] | None = None  # hidden / regressor / at: one weight per matched level
+    feature_kind: str = "cosine"  # hidden: cosine (1 - cos, O(1) like CE) | mse (of L2-normalised maps, ~1/dim)
     channel_match: str = "pool"  # hidden: pool | truncate
-    spatial_size: int = 1  # hidden: maps are pooled to spatial_size x spatial_size
+    spatial_size: int = 1  # hidden: maps pooled to spatial_size x spatial_size before matching
+    dkd_alpha: float = 1.0  # DKD: weight of the target-class term (Zhao et al. 2022)
+    dkd_beta: float = 8.0  # DKD: weight of the non-target-class term
+    dist_beta: float = 1.0  # DIST: weight of the inter-class (per-sample) relation (Huang et al. 2022)
+    dist_gamma: float = 1.0  # DIST: weight of the intra-class (per-class) relation
+    dist_temperature: float = 1.0  # DIST: softmax temperature
+    at_weight: float = 1000.0  # attention transfer: weight beta of the attention term (Zagoruyko & Komodakis)
+    at_p: float = 2.0  # attention transfer: attention map = mean over channels of |F|^p
+    rkd_distance_weight: float = 25.0  # RKD: weight of the distance-wise term (Park et al. 2019)
+    rkd_angle_weight: float = 50.0  # RKD: weight of the angle-wise term
+    hint_epochs: int = 5  # fitnets: stage-1 epochs on the hint loss alone, before stage-2 logit KD
+    hint_level: int | None = None  # fitnets: student stage guided by the teacher (None: the middle one)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag of the first bad setting."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(f"--{flag(f.name)} {value}: must be a finite number")
+        checks = [
+            (0 <= self.alpha <= 1, "alpha", "must be in [0, 1]"),
+            (self.temperature > 0, "temperature", "must be > 0"),
+            (self.dist_temperature > 0, "dist_temperature", "must be > 0"),
+            (self.at_p >= 1, "at_p", "must be >= 1 (the attention map's gradient is infinite at 0 below 1)"),
+            (self.spatial_size >= 1, "spatial_size", "must be >= 1"),
+            (self.hint_epochs >= 1, "hint_epochs", "must be >= 1"),
+            (self.hint_level is None or self.hint_level >= 0, "hint_level", "must be >= 0"),
+            (self.feature_kind in FEATURE_KINDS, "feature_kind", f"choose from: {', '.join(FEATURE_KINDS)}"),
+            (self.channel_match in CHANNEL_MATCHES, "channel_match", f"choose from: {', '.join(CHANNEL_MATCHES)}"),
+            (all(w >= 0 for w in self.level_weights or ()), "level_weights", "must all be >= 0"),
+        ]
+        nonneg = ("feature_weight", "regressor_weight", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
+                  "at_weight", "rkd_distance_weight", "rkd_angle_weight")  # fmt: skip
+        checks += [(getattr(self, name) >= 0, name, "must be >= 0") for name in nonneg]
+        for ok, name, rule in checks:
+            if not ok:
+                raise ValueError(f"--{flag(name)} {getattr(self, name)}: {rule}")
+
+
+def flag(field_name: str) -> str:
+    """The command-line flag of a config field: ``level_weights`` -> ``level-weights``."""
+    return field_name.replace("_", "-")
 
 
 def matched_levels(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -40,8 +97,18 @@ def matched_levels(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(n_student - n + i, n_teacher - n + i) for i in range(n)]
 
 
+def pooled(x: Tensor, size: int) -> Tensor:
+    """``(B, C, size, size)`` average-pooled map, rounded through float16 (the form the teacher cache stores)."""
+    return F.adaptive_avg_pool2d(x.float(), size).half().float()
+
+
 class Distiller(nn.Module):
-    """Base: the student trained with cross-entropy alone (the baseline)."""
+    """Base: the student trained with cross-entropy alone (the baseline).
+
+    Subclasses set ``needs``: which teacher targets they read (``logits``, ``pooled``, ``maps``).
+    """
+
+    needs: tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, cfg: DistillConfig | None = None):
         super().__init__()
@@ -49,9 +116,25 @@ class Distiller(nn.Module):
         self.teacher = teacher
         self.cfg = cfg or DistillConfig()
         self.adapters = nn.ModuleList()  # trainable blocks beside the student (saved with it)
+        self.pool_size = self.cfg.spatial_size  # size of the pooled teacher maps ("pooled" targets)
+        n_teacher = len(teacher.feature_channels) if teacher is not None else 0
+        self.pairs = matched_levels(len(student.feature_channels), n_teacher) if teacher is not None else []
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+
+    @property
+    def cacheable(self) -> bool:
+        """True when every teacher target is a function of the batch that can be stored compactly."""
+        return bool(self.needs) and set(self.needs) <= {"logits", "pooled"}
+
+    def target_spec(self) -> str:
+        """Names what ``teacher_targets`` returns, for the teacher cache (same spec, same tensors)."""
+        parts = list(self.needs)
+        if "pooled" in parts:
+            levels = "-".join(str(j) for _, j in self.pairs)
+            parts[parts.index("pooled")] = f"pooled{self.pool_size}_l{levels}"
+        return "+".join(parts)
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -59,72 +142,224 @@ class Distiller(nn.Module):
             self.teacher.eval()  # frozen: BatchNorm statistics must not move
         return self
 
-    def teacher_outputs(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        with torch.no_grad():
-            feats = self.teacher.forward_features(x)
-            return feats, self.teacher.forward_head(feats[-1])
+    @torch.no_grad()
+    def teacher_targets(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """The teacher's outputs this method reads, for one batch."""
+        if not self.needs:
+            return {}
+        feats = self.teacher.forward_features(x)
+        out: dict[str, Tensor | list[Tensor]] = {}
+        if "logits" in self.needs:
+            out["logits"] = self.teacher.forward_head(feats[-1]).float()
+        if "pooled" in self.needs:
+            out["pooled"] = [pooled(feats[j], self.pool_size) for _, j in self.pairs]
+        if "maps" in self.needs:
+            out["maps"] = [feats[j] for _, j in self.pairs]
+        return out
 
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        logits = self.student(x)
+    def student_levels(self, feats: list[Tensor]) -> list[Tensor]:
+        return [feats[i] for i, _ in self.pairs]
+
+    def forward(self, x: Tensor, y: Tensor, targets: dict | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        if targets is None:
+            targets = self.teacher_targets(x)
+        feats = self.student.forward_features(x)
+        logits = self.student.forward_head(feats[-1])
+        loss, parts = self.loss(logits, feats, y, targets)
+        return loss, logits, {k: v.detach() for k, v in parts.items()}
+
+    def loss(self, logits: Tensor, feats: list[Tensor], y: Tensor, targets: dict) -> tuple[Tensor, dict[str, Tensor]]:
         ce = masked_cross_entropy(logits, y)
-        return ce, logits, {"ce": ce.detach()}
+        return ce, {"ce": ce}
 
 
 class LogitDistiller(Distiller):
-    """Hinton et al. 2015: ``(1 - alpha) * CE(s, y) + alpha * T^2 * KL(p_t^T || p_s^T)``."""
+    """Hinton et al. 2015: ``(1 - alpha) * CE(s, y) + alpha * T^2 * KL(p_t^T || p_s^T)`` (``losses.kd_loss``)."""
 
-    def forward(self, x, y):
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        logits = self.student(x)
+    needs = ("logits",)
+
+    def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        kd = soft_target_kl(logits, teacher_logits, self.cfg.temperature)
-        loss = (1 - self.cfg.alpha) * ce + self.cfg.alpha * kd
-        return loss, logits, {"ce": ce.detach(), "kd": kd.detach()}
+        kd = soft_target_kl(logits, targets["logits"], self.cfg.temperature)
+        total = kd_loss(logits, targets["logits"], y, self.cfg.temperature, self.cfg.alpha)
+        return total, {"ce": ce, "kd": kd}
 
 
 class HiddenStateDistiller(Distiller):
-    """``CE(s, y) + feature_weight * hidden_state_loss(student maps, teacher maps)``; nothing new to train."""
+    """``CE(s, y) + feature_weight * hidden_state_loss(student maps, pooled teacher maps)``; nothing to train."""
 
-    def forward(self, x, y):
-        teacher_feats, _ = self.teacher_outputs(x)
-        student_feats = self.student.forward_features(x)
-        logits = self.student.forward_head(student_feats[-1])
-        pairs = matched_levels(len(student_feats), len(teacher_feats))
-        feat = hidden_state_loss(
-            [student_feats[i] for i, _ in pairs],
-            [teacher_feats[j] for _, j in pairs],
+    needs = ("pooled",)
+
+    def feature_term(self, feats, targets):
+        return hidden_state_loss(
+            self.student_levels(feats),
+            targets["pooled"],  # already pooled to spatial_size: pooling again is the identity
             weights=self.cfg.level_weights,
             kind=self.cfg.feature_kind,
             channel_match=self.cfg.channel_match,
             spatial_size=self.cfg.spatial_size,
         )
+
+    def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        return ce + self.cfg.feature_weight * feat, logits, {"ce": ce.detach(), "feature": feat.detach()}
+        feat = self.feature_term(feats, targets)
+        return ce + self.cfg.feature_weight * feat, {"ce": ce, "feature": feat}
 
 
 class RegressorDistiller(Distiller):
-    """FitNets-style: ``CE(s, y) + feature_weight * sum_l w_l * MSE(r_l(s_l), t_l)`` with 1x1-conv regressors."""
+    """FitNets-style, trained jointly: ``CE(s, y) + regressor_weight * sum_l w_l * MSE(r_l(s_l), t_l)``."""
+
+    needs = ("maps",)
 
     def __init__(self, student, teacher, cfg=None):
         super().__init__(student, teacher, cfg)
-        self.pairs = matched_levels(len(student.feature_channels), len(teacher.feature_channels))
         self.adapters = nn.ModuleList(
             FeatureRegressor(student.feature_channels[i], teacher.feature_channels[j]) for i, j in self.pairs
         )
 
-    def forward(self, x, y):
-        teacher_feats, _ = self.teacher_outputs(x)
-        student_feats = self.student.forward_features(x)
-        logits = self.student.forward_head(student_feats[-1])
-        feat = regressor_loss(
-            self.adapters,
-            [student_feats[i] for i, _ in self.pairs],
-            [teacher_feats[j] for _, j in self.pairs],
-            weights=self.cfg.level_weights,
-        )
+    def feature_term(self, feats, targets):
+        return regressor_loss(self.adapters, self.student_levels(feats), targets["maps"], self.cfg.level_weights)
+
+    def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        return ce + self.cfg.feature_weight * feat, logits, {"ce": ce.detach(), "feature": feat.detach()}
+        feat = self.feature_term(feats, targets)
+        return ce + self.cfg.regressor_weight * feat, {"ce": ce, "feature": feat}
+
+
+class LogitHiddenDistiller(HiddenStateDistiller):
+    """The original script's combined loss: ``kd_loss(s, t, y) + feature_weight * hidden_state_loss``."""
+
+    needs = ("logits", "pooled")
+
+    def loss(self, logits, feats, y, targets):
+        kd_total, parts = LogitDistiller.loss(self, logits, feats, y, targets)
+        feat = self.feature_term(feats, targets)
+        return kd_total + self.cfg.feature_weight * feat, {**parts, "feature": feat}
+
+
+class LogitRegressorDistiller(RegressorDistiller):
+    """``kd_loss(s, t, y) + regressor_weight * regressor_loss``: logit KD with a learned FitNets hint."""
+
+    needs = ("logits", "maps")
+
+    def loss(self, logits, feats, y, targets):
+        kd_total, parts = LogitDistiller.loss(self, logits, feats, y, targets)
+        feat = self.feature_term(feats, targets)
+        return kd_total + self.cfg.regressor_weight * feat, {**parts, "feature": feat}
+
+
+class DKDDistiller(Distiller):
+    """``CE(s, y) + dkd_loss(s, t, y)``: decoupled KD (Zhao et al. 2022), target and non-target terms weighed apart."""
+
+    needs = ("logits",)
+
+    def loss(self, logits, feats, y, targets):
+        ce = masked_cross_entropy(logits, y)
+        kd = dkd_loss(logits, targets["logits"], y, self.cfg.dkd_alpha, self.cfg.dkd_beta, self.cfg.temperature)
+        return ce + kd, {"ce": ce, "kd": kd}
+
+
+class DISTDistiller(Distiller):
+    """``CE(s, y) + dist_loss(s, t)``: DIST (Huang et al. 2022), Pearson relations within and across samples."""
+
+    needs = ("logits",)
+
+    def loss(self, logits, feats, y, targets):
+        ce = masked_cross_entropy(logits, y)
+        kd = dist_loss(logits, targets["logits"], self.cfg.dist_beta, self.cfg.dist_gamma, self.cfg.dist_temperature)
+        return ce + kd, {"ce": ce, "kd": kd}
+
+
+class AttentionDistiller(Distiller):
+    """``CE(s, y) + at_weight * sum_l w_l * AT_l``: attention transfer (Zagoruyko & Komodakis 2017)."""
+
+    needs = ("maps",)
+
+    def loss(self, logits, feats, y, targets):
+        ce = masked_cross_entropy(logits, y)
+        weights = self.cfg.level_weights or (1.0,) * len(self.pairs)
+        levels = zip(weights, self.student_levels(feats), targets["maps"])
+        at = sum(w * attention_transfer_loss([s], [t], p=self.cfg.at_p) for w, s, t in levels)
+        return ce + self.cfg.at_weight * at, {"ce": ce, "at": at}
+
+
+class RKDDistiller(Distiller):
+    """``CE(s, y) + rkd_loss(e_s, e_t)`` on the globally pooled last-stage features (Park et al. 2019)."""
+
+    needs = ("pooled",)
+
+    def __init__(self, student, teacher, cfg=None):
+        super().__init__(student, teacher, cfg)
+        self.pairs = self.pairs[-1:]  # the embedding: the last stage only
+        self.pool_size = 1  # globally pooled
+
+    def loss(self, logits, feats, y, targets):
+        ce = masked_cross_entropy(logits, y)
+        student_embed = F.adaptive_avg_pool2d(feats[self.pairs[0][0]].float(), 1).flatten(1)  # (B, C_s)
+        teacher_embed = targets["pooled"][0].flatten(1)  # (B, C_t)
+        rkd = rkd_loss(student_embed, teacher_embed, self.cfg.rkd_distance_weight, self.cfg.rkd_angle_weight)
+        return ce + rkd, {"ce": ce, "rkd": rkd}
+
+
+class HintDistiller(Distiller):
+    """FitNets stage 1 (Romero et al. 2015): the student's stages up to ``hint_level`` and a regressor learn
+    ``MSE(r(s_hint), t_guided)`` alone; the rest of the student is frozen for this stage.
+
+    The guided teacher stage is the one paired with the hint stage (deepest-first pairing).
+    """
+
+    needs = ("maps",)
+
+    def __init__(self, student, teacher, cfg=None):
+        super().__init__(student, teacher, cfg)
+        level = hint_level(len(student.feature_channels), self.cfg.hint_level)
+        pair = next((p for p in self.pairs if p[0] == level), None)
+        if pair is None:
+            raise ValueError(f"--hint-level {level}: the student stage has no teacher stage to match")
+        self.pairs = [pair]
+        self.adapters = nn.ModuleList([FeatureRegressor(student.feature_channels[level], teacher.feature_channels[pair[1]])])
+        self.frozen = freeze_after(student, level)
+
+    def forward(self, x, y, targets=None):
+        if targets is None:
+            targets = self.teacher_targets(x)
+        feats = self.student.forward_features(x)
+        logits = self.student.forward_head(feats[-1]).detach()  # for the logged accuracy only
+        hint = regressor_loss(self.adapters, self.student_levels(feats), targets["maps"])
+        return hint, logits, {"hint": hint.detach()}
+
+
+def hint_level(n_stages: int, level: int | None) -> int:
+    """The FitNets hint stage: ``level``, or the middle stage of the student."""
+    chosen = n_stages // 2 if level is None else level
+    if not 0 <= chosen < n_stages:
+        raise ValueError(f"--hint-level {level}: the student has stages 0..{n_stages - 1}")
+    return chosen
+
+
+def freeze_after(student: nn.Module, level: int) -> list[nn.Parameter]:
+    """Stop gradients into every student parameter not used to compute stage ``level``; returns them.
+
+    A parameter is "used" when it gets a gradient from stage ``level``'s map, found once with a tiny backward.
+    """
+    used: set[int] = set()
+    channels = getattr(student, "in_channels", None)
+    stem = next(m for m in student.modules() if isinstance(m, nn.Conv2d))
+    x = torch.zeros(2, channels or stem.in_channels, 32, 32)
+    was_training = student.training
+    student.eval()
+    try:
+        student.forward_features(x)[level].float().sum().backward()
+    finally:
+        student.train(was_training)
+    for p in student.parameters():
+        if p.grad is not None:
+            used.add(id(p))
+        p.grad = None
+    frozen = [p for p in student.parameters() if id(p) not in used]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
 
 
 DISTILLERS: dict[str, type[Distiller]] = {
@@ -132,7 +367,15 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "logit": LogitDistiller,
     "hidden": HiddenStateDistiller,
     "regressor": RegressorDistiller,
+    "dkd": DKDDistiller,
+    "dist": DISTDistiller,
+    "at": AttentionDistiller,
+    "rkd": RKDDistiller,
+    "logit+hidden": LogitHiddenDistiller,
+    "logit+regressor": LogitRegressorDistiller,
+    "hint": HintDistiller,  # FitNets stage 1; the two-stage "fitnets" experiment chains it with "logit"
 }
+METHODS = tuple(DISTILLERS)
 
 
 def build_distiller(

@@ -1,162 +1,117 @@
 """Experiments end to end: data -> cached teacher and baseline -> distilled students -> test reports.
 
-``ExperimentConfig`` is the one source of defaults for the CLI flags and the notebooks' parameters.
 The teacher and the baseline student are cached under ``checkpoint_dir`` by a hash of the settings that
-shape them, so later runs (and notebooks) reuse them; a run is resumable from its ``last.pt``.
+shape them, so later runs (and notebooks) reuse them; a run is resumable from its ``last.pt``. Every student
+record names the teacher it learned from (weights hash, test accuracy) and keeps the test metrics of both
+the selected (best validation F1) epoch and the last epoch.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
-from .data import DATASETS, DataConfig, DataSplits, TensorLoader, prepare_data
-from .distill import DISTILLERS, DistillConfig, build_distiller
-from .losses import CHANNEL_MATCHES, FEATURE_KINDS
-from .models import MODELS, build_model, count_parameters, fuse_batchnorm
-from .results import append_run
+from .config import ExperimentConfig
+from .data import DataSplits, TensorLoader, dataset_info, prepare_data
+from .distill import DISTILLERS, build_distiller
+from .metrics import classification_metrics
+from .models import build_model, check_model_name, count_parameters, fuse_batchnorm
+from .results import append_run, atomic_write
+from .teacher_cache import TeacherCache, state_hash
 from .train import (
-    OPTIMIZERS,
-    PRECISIONS,
-    TrainConfig,
+    FitResult,
     device_name,
     evaluate,
     fit,
+    infer,
     load_checkpoint,
+    load_checkpoint_file,
     resolve_device,
     resolve_precision,
     time_to_accuracy,
 )
 
-STUDENT_METHODS = tuple(m for m in DISTILLERS if m != "baseline")
+STUDENT_METHODS = (
+    "logit", "hidden", "regressor", "dkd", "dist", "at", "rkd", "logit+hidden", "logit+regressor", "fitnets",
+)  # fmt: skip
+EXPERIMENTS = ("teacher", "baseline", *STUDENT_METHODS)
 EXPERIMENT_ALIASES = {"1": "logit", "2": "hidden", "3": "regressor"}
 FINAL_EPOCHS = 70  # the long run of the best method (notebook 04, --experiment study)
-WEAK_TEACHER_FACTOR = 1.5  # a teacher whose val accuracy is within 1.5x of chance is refused
+CHANCE_FACTOR = 1.5  # a validation accuracy within 1.5x of chance: a teacher refused, a student "did not learn"
 
 
 @dataclass
-class ExperimentConfig:
-    dataset: str = "cifar10"  # cifar10 | fashion-mnist | synthetic
-    data_dir: str = "./data"  # datasets live (or are downloaded) here
-    teacher: str = "teacher_cnn"  # teacher architecture (models.MODELS)
-    student: str = "student_cnn"  # student architecture
-    epochs: int = 30  # student epochs (baseline and every distillation method)
-    teacher_epochs: int = 30  # teacher epochs
-    batch_size: int = 128  # images per step
-    lr: float = 0.05  # peak learning rate
-    optimizer: str = "sgd"  # sgd | adamw
-    weight_decay: float = 5e-4  # L2 penalty
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the training step (opt-in; compile time is paid once per run)
-    fuse_teacher_bn: bool = True  # distil from a BN-folded copy of the teacher: same outputs, faster forward
-    alpha: float = 0.9  # logit KD: weight of the soft-target term
-    temperature: float = 4.0  # logit KD: softmax temperature
-    feature_weight: float = 1.0  # hidden / regressor: weight of the feature term next to CE
-    level_weights: tuple[float, ...] | None = None  # hidden / regressor: one weight per matched level
-    feature_kind: str = "cosine"  # hidden: cosine (O(1) like CE) | mse (of L2-normalised maps, ~1/dim)
-    channel_match: str = "pool"  # hidden: pool | truncate
-    spatial_size: int = 1  # hidden: maps pooled to this size before matching
-    labeled_fraction: float = 1.0  # fraction of training labels used (stratified)
-    val_size: int | None = None  # validation images carved from train; None: dataset default
-    train_size: int | None = None  # stratified training subset; None: all
-    test_size: int | None = None  # stratified test subset; None: all
-    seed: int = 0  # splits, init, batch order
-    device: str = "auto"  # auto | cpu | cuda
-    checkpoint_dir: str = "checkpoints"  # teacher/baseline cache and per-run checkpoints
-    teacher_checkpoint: str | None = None  # use these teacher weights instead of training one
-    student_checkpoint: str | None = None  # start students from these weights instead of random init
-    resume: bool = False  # continue interrupted runs from their last.pt
-    allow_weak_teacher: bool = False  # distil even from a teacher near chance level
-    progress: bool = True  # tqdm.auto bars
+class FrozenTeacher:
+    """The teacher as distillation uses it: frozen, eval mode, BatchNorm folded when asked; and its identity."""
 
-    def data_config(self) -> DataConfig:
-        keys = ("dataset", "data_dir", "val_size", "train_size", "test_size", "labeled_fraction", "seed")
-        return DataConfig(**{k: getattr(self, k) for k in keys})
+    model: nn.Module
+    record: dict
+    weights_hash: str  # sha256 of the trained weights (before BN folding)
+    val_accuracy: float
 
-    def train_config(self, epochs: int) -> TrainConfig:
-        keys = ("batch_size", "lr", "optimizer", "weight_decay", "precision", "compile", "device", "seed", "progress")
-        return TrainConfig(epochs=epochs, **{k: getattr(self, k) for k in keys})
-
-    def distill_config(self) -> DistillConfig:
-        return DistillConfig(**{f.name: getattr(self, f.name) for f in fields(DistillConfig)})
+    def identity(self) -> dict:
+        return {
+            "arch": self.record["config"]["teacher"],
+            "weights_sha256": self.weights_hash,
+            "test_accuracy": self.record["test"]["accuracy"],
+            "val_accuracy": self.val_accuracy,
+        }
 
 
 def validate(cfg: ExperimentConfig) -> None:
     """Raise ``ValueError`` naming the first bad setting, before any data is loaded or trained."""
-    checks = [
-        (cfg.dataset in DATASETS, f"unknown dataset '{cfg.dataset}'; choose from: {', '.join(DATASETS)}"),
-        (cfg.teacher in MODELS, f"unknown teacher '{cfg.teacher}'; choose from: {', '.join(MODELS)}"),
-        (cfg.student in MODELS, f"unknown student '{cfg.student}'; choose from: {', '.join(MODELS)}"),
-        (cfg.optimizer in OPTIMIZERS, f"unknown optimizer '{cfg.optimizer}'; choose from: {', '.join(OPTIMIZERS)}"),
-        (cfg.precision in PRECISIONS, f"unknown precision '{cfg.precision}'; choose from: {', '.join(PRECISIONS)}"),
-        (
-            cfg.feature_kind in FEATURE_KINDS,
-            f"unknown feature kind '{cfg.feature_kind}'; choose from: {', '.join(FEATURE_KINDS)}",
-        ),
-        (
-            cfg.channel_match in CHANNEL_MATCHES,
-            f"unknown channel match '{cfg.channel_match}'; choose from: {', '.join(CHANNEL_MATCHES)}",
-        ),
-        (0 <= cfg.alpha <= 1, f"alpha must be in [0, 1], got {cfg.alpha}"),
-        (cfg.temperature > 0, f"temperature must be > 0, got {cfg.temperature}"),
-        (cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
-        (cfg.teacher_epochs >= 1, f"teacher epochs must be >= 1, got {cfg.teacher_epochs}"),
-        (cfg.batch_size >= 1, f"batch size must be >= 1, got {cfg.batch_size}"),
-        (cfg.lr > 0, f"learning rate must be > 0, got {cfg.lr}"),
-        (cfg.weight_decay >= 0, f"weight decay must be >= 0, got {cfg.weight_decay}"),
-        (0 < cfg.labeled_fraction <= 1, f"labeled fraction must be in (0, 1], got {cfg.labeled_fraction}"),
-        (cfg.feature_weight >= 0, f"feature weight must be >= 0, got {cfg.feature_weight}"),
-        (all(w >= 0 for w in cfg.level_weights or ()), f"level weights must be >= 0, got {cfg.level_weights}"),
-        (cfg.spatial_size >= 1, f"spatial size must be >= 1, got {cfg.spatial_size}"),
-        (cfg.val_size is None or cfg.val_size >= 1, f"val size must be >= 1, got {cfg.val_size}"),
-        (cfg.train_size is None or cfg.train_size >= 1, f"train size must be >= 1, got {cfg.train_size}"),
-        (cfg.test_size is None or cfg.test_size >= 1, f"test size must be >= 1, got {cfg.test_size}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    resolve_device(cfg.device)
-    info_channels = DATASETS[cfg.dataset].in_channels
-    n_classes = DATASETS[cfg.dataset].num_classes
-    for role, path, arch in (
-        ("teacher", cfg.teacher_checkpoint, cfg.teacher),
-        ("student", cfg.student_checkpoint, cfg.student),
-    ):
+    cfg.validate()
+    for role, name in (("teacher", cfg.teacher), ("student", cfg.student)):
+        try:
+            check_model_name(name)
+        except ValueError as err:
+            raise ValueError(f"--{role} {name}: {err}") from None
+    info = dataset_info(cfg.data.dataset)
+    for role, path, arch in (("teacher", cfg.teacher_checkpoint, cfg.teacher), ("student", cfg.student_checkpoint, cfg.student)):  # fmt: skip
         if path is not None:
-            load_weights(build_model(arch, info_channels, n_classes), path, role)
-    if cfg.level_weights is not None:
+            load_weights(build_model(arch, info.in_channels, info.num_classes), path, role)
+    if cfg.distill.level_weights is not None:
         n_levels = min(
-            len(build_model(m, info_channels, n_classes).feature_channels) for m in (cfg.teacher, cfg.student)
+            len(build_model(m, info.in_channels, info.num_classes).feature_channels) for m in (cfg.teacher, cfg.student)
         )
-        if len(cfg.level_weights) != n_levels:
+        if len(cfg.distill.level_weights) != n_levels:
             raise ValueError(
-                f"got {len(cfg.level_weights)} level weights for {n_levels} matched levels; give one per level"
+                f"--level-weights {','.join(map(str, cfg.distill.level_weights))}: {len(cfg.distill.level_weights)} "
+                f"weights for {n_levels} matched levels; give one per level"
             )
+    if cfg.tensorboard is not None:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package; pip install tensorboard") from None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, role: str) -> torch.nn.Module:
+def load_weights(model: nn.Module, path: str | Path, role: str) -> nn.Module:
     """Load a kd_utils checkpoint (``{"model": state_dict, ...}``) or a bare state dict into ``model``."""
     try:
         state = load_checkpoint(path)
     except FileNotFoundError:
-        raise ValueError(f"{role} checkpoint {path} does not exist") from None
+        raise ValueError(f"--{role}-checkpoint {path}: no such file") from None
     except Exception as err:  # unpickling errors, truncated files, non-weights content
         raise ValueError(
-            f"{role} checkpoint {path} is unreadable ({type(err).__name__}); pass a .pt written by kd_utils"
+            f"{role} weights {path} are unreadable ({type(err).__name__}); delete the file (a cached one is "
+            f"retrained) or pass --{role}-checkpoint with a best.pt written by kd_utils"
         ) from None
     state = state.get("model", state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{role} checkpoint {path} does not fit the {role} architecture: {first}") from None
+        raise ValueError(f"{role} weights {path} do not fit the {role} architecture: {first}") from None
     return model
 
 
@@ -164,131 +119,260 @@ def config_hash(values: dict) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-SUPERVISED_KEYS = ("dataset", "val_size", "train_size", "labeled_fraction", "seed", "batch_size", "lr", "optimizer", "weight_decay", "precision")  # fmt: skip
+DATA_KEYS = ("dataset", "val_size", "train_size", "labeled_fraction", "seed")  # test_size shapes no training
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs",
+              "precision", "seed", "random_erasing", "channels_last")  # fmt: skip
 
 
-def run_dir(cfg: ExperimentConfig, experiment: str) -> Path:
+def shaping(section: object, keys: tuple[str, ...]) -> dict:
+    """The named settings of a config section: those that change what training produces (listed explicitly,
+    so a new field elsewhere does not orphan the cached runs)."""
+    return {k: getattr(section, k) for k in keys}
+
+
+def run_dir(cfg: ExperimentConfig, experiment: str, teacher: FrozenTeacher | None = None) -> Path:
     """Checkpoint folder of one run, named by the settings that shape it (so a changed setting never resumes)."""
-    keys = {k: getattr(cfg, k) for k in SUPERVISED_KEYS}
+    seed, data = cfg.train.seed, shaping(cfg.data, DATA_KEYS)
     if experiment == "teacher":
-        keys.update(arch=cfg.teacher, epochs=cfg.teacher_epochs)
-        return Path(cfg.checkpoint_dir) / "teachers" / f"{cfg.dataset}-{cfg.teacher}-seed{cfg.seed}-{config_hash(keys)}"
-    keys.update(arch=cfg.student, epochs=cfg.epochs, init=cfg.student_checkpoint)
+        keys = {"data": data, "train": shaping(cfg.teacher_train_config(), TRAIN_KEYS), "arch": cfg.teacher}
+        return Path(cfg.checkpoint_dir) / "teachers" / f"{cfg.data.dataset}-{cfg.teacher}-seed{seed}-{config_hash(keys)}"
+    keys = {"data": data, "train": shaping(cfg.train, TRAIN_KEYS), "arch": cfg.student, "init": cfg.student_checkpoint}
     if experiment != "baseline":
-        keys.update(asdict(cfg.distill_config()), teacher=cfg.teacher, teacher_epochs=cfg.teacher_epochs)
-        keys.update(teacher_checkpoint=cfg.teacher_checkpoint)
-    name = f"{cfg.dataset}-{cfg.student}-{experiment}-seed{cfg.seed}-{config_hash(keys)}"
+        keys.update(distill=asdict(cfg.distill), teacher=teacher.weights_hash if teacher else None)
+        keys.update(fuse=cfg.fuse_teacher_bn)
+    name = f"{cfg.data.dataset}-{cfg.student}-{experiment.replace('+', '_')}-seed{seed}-{config_hash(keys)}"
     return Path(cfg.checkpoint_dir) / "runs" / name
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def encode_predictions(predictions: torch.Tensor) -> str:
+    """Test predictions as base64 of uint8 (or uint16 past 255 classes): 10,000 images in ~13 kB of JSON."""
+    dtype = np.uint8 if len(predictions) == 0 or int(predictions.max()) < 256 else np.uint16
+    return base64.b64encode(predictions.numpy().astype(dtype).tobytes()).decode()
 
 
-def test_report(model: torch.nn.Module, data: DataSplits, cfg: ExperimentConfig) -> dict:
-    device = resolve_device(cfg.device)
+def decode_predictions(text: str, n: int) -> np.ndarray:
+    raw = base64.b64decode(text)
+    return np.frombuffer(raw, dtype=np.uint8 if len(raw) == n else np.uint16).astype(np.int64)
+
+
+def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> dict:
+    """Test-set metrics of ``model`` (the only place the test split is read), with its predictions."""
+    device = resolve_device(cfg.train.device)
     loader = TensorLoader(data.test_x, data.test_y, data.info, 512, device)
-    model.to(device)
-    metrics = evaluate(model, loader, data.info.classes, resolve_precision(cfg.precision, device))
-    metrics.pop("loss")
+    predictions = infer(model.to(device), loader, resolve_precision(cfg.train.precision, device)).argmax(1)
+    metrics = classification_metrics(data.test_y, predictions, data.info.classes)
+    metrics["predictions"] = encode_predictions(predictions)
     return metrics
 
 
 def environment(cfg: ExperimentConfig) -> dict:
-    device = resolve_device(cfg.device)
-    return {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads()}
+    device = resolve_device(cfg.train.device)
+    precision = str(resolve_precision(cfg.train.precision, device)).removeprefix("torch.")
+    return {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads(),
+            "precision": precision}  # fmt: skip
+
+
+def did_not_learn(history: list[dict], num_classes: int) -> bool:
+    """Validation accuracy never left chance level (within ``CHANCE_FACTOR`` of ``1 / num_classes``)."""
+    return bool(history) and max(r["val_acc"] for r in history) <= CHANCE_FACTOR / num_classes
+
+
+def tensorboard_logger(cfg: ExperimentConfig, name: str) -> tuple[Callable[[dict], None] | None, Callable[[], None]]:
+    """``(on_epoch, close)``: per-epoch scalars (every loss part, accuracy, F1, lr, images/s) for TensorBoard."""
+    if cfg.tensorboard is None:
+        return None, lambda: None
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(Path(cfg.tensorboard) / f"{name}-seed{cfg.train.seed}"))
+
+    def on_epoch(row: dict) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, int | float):
+                group = "val" if key.startswith("val_") else "train" if key.startswith("train_") else "loss"
+                group = "run" if key in ("lr", "seconds", "images_per_s") else group
+                writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+        writer.flush()
+
+    return on_epoch, writer.close
+
+
+def teacher_cache_for(cfg: ExperimentConfig, teacher: FrozenTeacher | None) -> TeacherCache | None:
+    if teacher is None or not cfg.teacher_cache:
+        return None
+    device = resolve_device(cfg.train.device)
+    stream = {
+        "teacher": teacher.weights_hash, "fused": cfg.fuse_teacher_bn, "data": shaping(cfg.data, DATA_KEYS),
+        "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "random_erasing": cfg.train.random_erasing,
+        "precision": str(resolve_precision(cfg.train.precision, device)), "device": device.type,
+        "channels_last": cfg.train.channels_last,
+    }  # fmt: skip
+    return TeacherCache(Path(cfg.checkpoint_dir) / "teacher_outputs", stream)
+
+
+def _fit_method(method, cfg, data, teacher, folder, log, name, train_cfg, on_epoch) -> tuple[nn.Module, FitResult, dict]:
+    """Train one student (two stages for fitnets); returns the student, the fit result and extra record fields."""
+    info = data.info
+    torch.manual_seed(cfg.train.seed)
+    arch = cfg.teacher if method == "teacher" else cfg.student
+    model = build_model(arch, info.in_channels, info.num_classes)
+    if method != "teacher" and cfg.student_checkpoint:
+        load_weights(model, cfg.student_checkpoint, "student")
+    teacher_model = teacher.model if teacher is not None else None
+    cache = teacher_cache_for(cfg, teacher) if method != "teacher" else None
+    extra: dict = {}
+    if method == "fitnets":  # stage 1: hint; stage 2: logit KD of the whole student
+        hint = build_distiller("hint", model, teacher_model, cfg.distill)
+        hint_cfg = replace(train_cfg, epochs=cfg.distill.hint_epochs)
+        stage1 = fit(hint, data, hint_cfg, folder / "hint", cfg.resume, log, f"{name} hint", select_best=False)
+        for p in hint.frozen:
+            p.requires_grad_(True)
+        extra = {"hint_history": stage1.history, "hint_seconds": stage1.seconds}
+        method = "logit"
+    distiller = build_distiller("baseline" if method == "teacher" else method, model, teacher_model, cfg.distill)
+    result = fit(distiller, data, train_cfg, folder, cfg.resume, log, name, cache, on_epoch)
+    if cache is not None and distiller.cacheable:
+        extra["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "folder": cache.folder.name}
+    extra["adapter_params"] = count_parameters(distiller.adapters)
+    extra["seconds_total"] = result.seconds + extra.get("hint_seconds", 0.0)
+    return model, result, extra
+
+
+def last_epoch_model(model: nn.Module, folder: Path) -> nn.Module | None:
+    """A copy of ``model`` with the last epoch's weights (from ``last.pt``), or None without one."""
+    if not (folder / "last.pt").exists():
+        return None
+    import copy
+
+    last = copy.deepcopy(model)
+    last.load_state_dict(load_checkpoint_file(folder / "last.pt")["model"])
+    return last
 
 
 def train_experiment(
     experiment: str,
     cfg: ExperimentConfig,
     data: DataSplits,
-    teacher: torch.nn.Module | None = None,
+    teacher: FrozenTeacher | None = None,
     log: Callable[[str], None] | None = print,
     name: str | None = None,
-) -> tuple[torch.nn.Module, dict]:
+) -> tuple[nn.Module, dict]:
     """Train one experiment (teacher, baseline or a distillation method); returns the model and its record.
 
     A teacher or baseline whose run finished before (same settings) is loaded from its cache instead.
     ``name`` labels the record (default: the experiment), e.g. "final" for the long run of a method.
     """
-    folder = run_dir(cfg, experiment)
-    arch = cfg.teacher if experiment == "teacher" else cfg.student
-    torch.manual_seed(cfg.seed)
-    model = build_model(arch, data.info.in_channels, data.info.num_classes)
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment '{experiment}'; choose from: {', '.join(EXPERIMENTS)}")
+    if experiment not in ("teacher", "baseline") and teacher is None:
+        raise ValueError(f"experiment '{experiment}' needs a teacher (prepare_teacher)")
+    name = name or experiment
+    folder = run_dir(cfg, experiment, teacher)
     record_path = folder / "run.json"
     if experiment in ("teacher", "baseline") and record_path.exists() and (folder / "best.pt").exists():
-        load_weights(model, folder / "best.pt", experiment)
-        # weights come from the cache; the test report is always made on this run's test split
-        record = {**json.loads(record_path.read_text()), "cached": True, "config": asdict(cfg)}
-        record.update(data_sizes=data.sizes(), test=test_report(model, data, cfg))
-        if log:
-            log(f"{experiment}: loaded cached run from {folder}")
-        return model, record
-    if experiment != "teacher" and cfg.student_checkpoint:
-        load_weights(model, cfg.student_checkpoint, "student")
-    distiller = build_distiller(
-        "baseline" if experiment == "teacher" else experiment, model, teacher, cfg.distill_config()
-    )
-    epochs = cfg.teacher_epochs if experiment == "teacher" else cfg.epochs
-    train_cfg = cfg.train_config(epochs)
-    fit_result = fit(distiller, data, train_cfg, folder, resume=cfg.resume, log=log, desc=experiment)
+        return load_cached_run(experiment, cfg, data, folder, log, name)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    train_cfg = cfg.teacher_train_config() if experiment == "teacher" else cfg.train
+    on_epoch, close = tensorboard_logger(cfg, name)
+    try:
+        model, result, extra = _fit_method(experiment, cfg, data, teacher, folder, log, name, train_cfg, on_epoch)
+    finally:
+        close()
     record = {
         "experiment": experiment,
-        "name": name or experiment,
+        "name": name,
         "config": asdict(cfg),
         "train_config": asdict(train_cfg),
         "data_sizes": data.sizes(),
         "params": count_parameters(model),
-        "adapter_params": count_parameters(distiller.adapters),
-        "history": fit_result.history,
-        "best_epoch": fit_result.best_epoch,
-        "best_val_f1": fit_result.best_val_f1,
-        "seconds": fit_result.seconds,
-        "time_to_target": time_to_accuracy(fit_result.history, data.info.target_accuracy),
-        "test": test_report(model, data, cfg),
+        **extra,
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_val_f1": result.best_val_f1,
+        "last_epoch": result.history[-1]["epoch"] if result.history else None,
+        "seconds": result.seconds,
+        "time_to_target": time_to_accuracy(result.history, data.info.target_accuracy),
+        "did_not_learn": did_not_learn(result.history, data.info.num_classes),
+        "test": test_metrics(model, data, cfg),
         "environment": environment(cfg),
+        "started": started,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
+    last = last_epoch_model(model, folder)
+    record["test_last"] = test_metrics(last, data, cfg) if last is not None else record["test"]
+    if teacher is not None and experiment != "teacher":
+        record["teacher"] = teacher.identity()
     if experiment in ("teacher", "baseline"):
-        _write_json(record_path, record)
+        atomic_write(record_path, json.dumps(record, indent=1))
     return model, record
 
 
-def load_or_train_teacher(cfg: ExperimentConfig, data: DataSplits, log=print) -> tuple[torch.nn.Module, dict]:
-    """The teacher from ``--teacher-checkpoint``, the cache, or a fresh run; frozen, in eval mode."""
-    if cfg.teacher_checkpoint:
-        torch.manual_seed(cfg.seed)
-        teacher = load_weights(
-            build_model(cfg.teacher, data.info.in_channels, data.info.num_classes), cfg.teacher_checkpoint, "teacher"
-        )
-        record = {"experiment": "teacher", "config": asdict(cfg), "params": count_parameters(teacher), "history": [],
-                  "best_epoch": None, "seconds": 0.0, "test": test_report(teacher, data, cfg), "cached": True,
-                  "source": str(cfg.teacher_checkpoint), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-    else:
-        teacher, record = train_experiment("teacher", cfg, data, log=log)
-    return teacher.requires_grad_(False).eval(), record
+def load_cached_run(experiment, cfg, data, folder, log, name) -> tuple[nn.Module, dict]:
+    """A finished teacher/baseline run from its folder; test metrics recomputed on this run's test split."""
+    torch.manual_seed(cfg.train.seed)
+    arch = cfg.teacher if experiment == "teacher" else cfg.student
+    model = build_model(arch, data.info.in_channels, data.info.num_classes)
+    load_weights(model, folder / "best.pt", experiment)
+    try:
+        saved = json.loads((folder / "run.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"cached run {folder / 'run.json'} is damaged; delete the folder {folder} to retrain") from None
+    record = {**saved, "cached": True, "name": name, "config": asdict(cfg), "data_sizes": data.sizes()}
+    record["test"] = test_metrics(model, data, cfg)
+    last = last_epoch_model(model, folder)
+    record["test_last"] = test_metrics(last, data, cfg) if last is not None else record["test"]
+    if log:
+        log(f"{experiment}: loaded cached run from {folder.name}")
+    return model, record
 
 
-def check_teacher_strength(teacher: torch.nn.Module, data: DataSplits, cfg: ExperimentConfig) -> float:
-    """Validation accuracy of the teacher; refuses one within 1.5x of chance unless allowed."""
-    device = resolve_device(cfg.device)
+def teacher_from_checkpoint(cfg: ExperimentConfig, data: DataSplits) -> tuple[nn.Module, dict]:
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.teacher, data.info.in_channels, data.info.num_classes)
+    load_weights(model, cfg.teacher_checkpoint, "teacher")
+    record = {"experiment": "teacher", "name": "teacher", "config": asdict(cfg), "params": count_parameters(model),
+              "history": [], "best_epoch": None, "seconds": 0.0, "test": test_metrics(model, data, cfg),
+              "cached": True, "source": str(cfg.teacher_checkpoint), "environment": environment(cfg),
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    record["test_last"] = record["test"]
+    return model, record
+
+
+def teacher_val_accuracy(teacher: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> float:
+    device = resolve_device(cfg.train.device)
     loader = TensorLoader(data.val_x, data.val_y, data.info, 512, device)
-    accuracy = evaluate(teacher.to(device), loader, data.info.classes)["accuracy"]
+    return evaluate(teacher.to(device), loader, data.info.classes)["accuracy"]
+
+
+def prepare_teacher(cfg: ExperimentConfig, data: DataSplits, log: Callable[[str], None] | None = print) -> FrozenTeacher:
+    """The teacher for distillation, the same way for the CLI and the notebooks: from ``--teacher-checkpoint``,
+    the cache or a fresh run; refused when near chance (unless ``allow_weak_teacher``); frozen, eval mode,
+    BatchNorm folded into its convs when ``fuse_teacher_bn`` (same outputs, a faster forward)."""
+    if cfg.teacher_checkpoint:
+        model, record = teacher_from_checkpoint(cfg, data)
+    else:
+        model, record = train_experiment("teacher", cfg, data, log=log)
+    model.requires_grad_(False).eval()
+    accuracy = teacher_val_accuracy(model, data, cfg)
     chance = 1 / data.info.num_classes
-    if accuracy <= WEAK_TEACHER_FACTOR * chance and not cfg.allow_weak_teacher:
+    if accuracy <= CHANCE_FACTOR * chance and not cfg.allow_weak_teacher:
         raise ValueError(
             f"teacher validation accuracy {accuracy:.3f} is near chance ({chance:.3f}); train it longer "
             "(--teacher-epochs) or pass --allow-weak-teacher"
         )
-    return accuracy
+    weights_hash = state_hash(model)
+    frozen = fuse_batchnorm(model) if cfg.fuse_teacher_bn else model
+    return FrozenTeacher(frozen, record, weights_hash, accuracy)
 
 
-def best_by_validation(records: dict[str, dict]) -> str:
-    """Name of the record with the highest best-epoch validation macro F1 (the test set plays no part)."""
-    return max(records, key=lambda name: records[name]["best_val_f1"])
+def best_by_validation(records: dict[str, dict] | dict[str, list[dict]]) -> str:
+    """Name of the method with the highest best-epoch validation macro F1, averaged over its seeds (the test
+    set plays no part)."""
+
+    def score(name: str) -> float:
+        runs = records[name] if isinstance(records[name], list) else [records[name]]
+        return sum(r["best_val_f1"] for r in runs) / len(runs)
+
+    return max(records, key=score)
 
 
 def run_study(
@@ -297,19 +381,26 @@ def run_study(
     results_path: str | Path | None = None,
     log: Callable[[str], None] | None = print,
     final_epochs: int | None = None,
+    seeds: list[int] | None = None,
+    teacher_per_seed: bool = False,
 ) -> list[dict]:
-    """Teacher, baseline and the requested distillation methods; each record appended to ``results_path``.
+    """Teacher, baseline and the requested methods for every student seed; each record appended to ``results_path``.
 
-    With ``final_epochs`` the method with the best validation F1 among those run is trained again for that
-    many epochs and recorded as "final" (what notebook 04 does).
+    One teacher (trained with the first seed) serves every student seed unless ``teacher_per_seed``; each
+    record says which teacher it learned from. With ``final_epochs``, the method with the best mean validation
+    F1 is trained again for that many epochs ("final"), next to a baseline of the same length
+    ("final-baseline"), for every seed.
     """
     validate(cfg)
+    seeds = list(seeds) if seeds else [cfg.train.seed]
     if final_epochs is not None and final_epochs < 1:
-        raise ValueError(f"final epochs must be >= 1, got {final_epochs}")
-    data = prepare_data(cfg.data_config())
+        raise ValueError(f"--final-epochs {final_epochs}: must be >= 1")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: each seed once")
+    data = prepare_data(cfg.data)
     if log:
-        log(f"data: {cfg.dataset} {data.sizes()}")
-    records = []
+        log(f"data: {cfg.data.dataset} {data.sizes()}")
+    records: list[dict] = []
 
     def done(record: dict) -> None:
         records.append(record)
@@ -318,63 +409,81 @@ def run_study(
         if log:
             log(format_metrics(record))
 
+    methods = [e for e in experiments if e in STUDENT_METHODS]
+    needs_teacher = bool(methods) or "teacher" in experiments
     teacher = None
-    if any(e in STUDENT_METHODS for e in experiments) or "teacher" in experiments:
-        teacher, record = load_or_train_teacher(cfg, data, log)
-        if any(e in STUDENT_METHODS for e in experiments):
-            check_teacher_strength(teacher, data, cfg)  # before anything is recorded or distilled
-        done(record)
-        if cfg.fuse_teacher_bn:
-            teacher = fuse_batchnorm(teacher)
-    _, record = train_experiment("baseline", cfg, data, log=log)
-    done(record)
-    methods = {}
-    for experiment in experiments:
-        if experiment in STUDENT_METHODS:
-            _, methods[experiment] = train_experiment(experiment, cfg, data, teacher, log)
-            done(methods[experiment])
+    if needs_teacher and not teacher_per_seed:
+        teacher = prepare_teacher(replace(cfg, train=replace(cfg.train, seed=seeds[0])), data, log)
+        done(teacher.record)
+    per_method: dict[str, list[dict]] = {m: [] for m in methods}
+    for seed in seeds:
+        seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed))
+        if needs_teacher and teacher_per_seed:
+            teacher = prepare_teacher(seed_cfg, data, log)
+            done(teacher.record)
+        if "baseline" in experiments or methods:
+            done(train_experiment("baseline", seed_cfg, data, log=log)[1])
+        for method in methods:
+            _, record = train_experiment(method, seed_cfg, data, teacher, log)
+            per_method[method].append(record)
+            done(record)
     if final_epochs is not None and methods:
-        best = best_by_validation(methods)
+        best = best_by_validation(per_method)
         if log:
-            log(f"final run: {best} (best validation F1 {methods[best]['best_val_f1']:.4f}) for {final_epochs} epochs")
-        _, record = train_experiment(best, replace(cfg, epochs=final_epochs), data, teacher, log, name="final")
-        done(record)
+            log(f"final run: {best} (best mean validation F1) for {final_epochs} epochs, with a baseline as long")
+        for seed in seeds:
+            long_cfg = replace(cfg, train=replace(cfg.train, seed=seed, epochs=final_epochs))
+            done(train_experiment("baseline", long_cfg, data, log=log, name="final-baseline")[1])
+            done(train_experiment(best, long_cfg, data, teacher, log, name="final")[1])
     return records
 
 
 def format_metrics(record: dict) -> str:
     t = record["test"]
     cached = " (cached)" if record.get("cached") else ""
+    warning = " | DID NOT LEARN (validation accuracy stayed at chance)" if record.get("did_not_learn") else ""
     return (
-        f"{record['experiment']}{cached} test: accuracy {t['accuracy']:.4f} precision {t['precision']:.4f} "
-        f"recall {t['recall']:.4f} f1 {t['f1']:.4f} | params {record['params']:,} | {record['seconds']:.1f}s"
+        f"{record.get('name', record['experiment'])}{cached} seed {record['config']['train']['seed']} test: accuracy "
+        f"{t['accuracy']:.4f} precision {t['precision']:.4f} recall {t['recall']:.4f} f1 {t['f1']:.4f} | params "
+        f"{record['params']:,} | {record['seconds']:.1f}s{warning}"
     )
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per run with the F1 gain over the student baseline (in points of macro F1)."""
-    baseline = next((r["test"]["f1"] for r in records if r["experiment"] == "baseline"), None)
+    """One row per run with the F1 gain over the student baseline of the same seed and length."""
+    baselines = {}
+    for r in records:
+        if r["experiment"] == "baseline":
+            baselines[(r["config"]["train"]["seed"], r["config"]["train"]["epochs"])] = r["test"]["f1"]
     rows = []
     for r in records:
-        t = r["test"]
-        is_student = r["experiment"] != "teacher"
-        gain = t["f1"] - baseline if baseline is not None and is_student else None
+        t, train = r["test"], r["config"]["train"]
+        base = baselines.get((train["seed"], train["epochs"]))
+        gain = t["f1"] - base if base is not None and r["experiment"] not in ("teacher", "baseline") else None
         rows.append({
-            "experiment": r["experiment"], "accuracy": t["accuracy"], "precision": t["precision"],
-            "recall": t["recall"], "f1": t["f1"], "gain_f1": gain, "best_epoch": r.get("best_epoch"),
-            "params": r["params"], "seconds": r["seconds"],
+            "run": r.get("name", r["experiment"]), "seed": train["seed"], "accuracy": t["accuracy"],
+            "precision": t["precision"], "recall": t["recall"], "f1": t["f1"], "gain_f1": gain,
+            "best_epoch": r.get("best_epoch"), "params": r["params"], "seconds": r["seconds"],
+            "note": "did not learn" if r.get("did_not_learn") else "",
         })  # fmt: skip
     return rows
 
 
 def format_summary(records: list[dict]) -> str:
-    header = f"{'experiment':<11} {'accuracy':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'gain f1':>8} {'best ep':>7} {'params':>10} {'seconds':>8}"
+    header = (
+        f"{'run':<16} {'seed':>4} {'accuracy':>8} {'precision':>9} {'recall':>7} {'f1':>7} {'gain f1':>8} "
+        f"{'best ep':>7} {'params':>10} {'seconds':>8}  note"
+    )
     lines = [header, "-" * len(header)]
     for row in summary_rows(records):
         gain = f"{row['gain_f1']:+.4f}" if row["gain_f1"] is not None else "-"
         best = str(row["best_epoch"]) if row["best_epoch"] is not None else "-"
         lines.append(
-            f"{row['experiment']:<11} {row['accuracy']:>8.4f} {row['precision']:>9.4f} {row['recall']:>7.4f} "
-            f"{row['f1']:>7.4f} {gain:>8} {best:>7} {row['params']:>10,} {row['seconds']:>8.1f}"
+            f"{row['run']:<16} {row['seed']:>4} {row['accuracy']:>8.4f} {row['precision']:>9.4f} "
+            f"{row['recall']:>7.4f} {row['f1']:>7.4f} {gain:>8} {best:>7} {row['params']:>10,} "
+            f"{row['seconds']:>8.1f}  {row['note']}"
         )
     return "\n".join(lines)
+
+
+__all__ = ["DISTILLERS", "EXPERIMENTS", "STUDENT_METHODS", "FrozenTeacher", "prepare_teacher", "run_study"]

@@ -5,6 +5,7 @@ Choosing which layers to match is the distiller's job; these functions take alig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,21 +16,39 @@ FEATURE_KINDS = ("mse", "cosine")
 CHANNEL_MATCHES = ("pool", "truncate")
 
 
+def _check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+
+
+def _check_nonnegative(**weights: float) -> None:
+    for name, value in weights.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def _check_logits(student_logits: Tensor, teacher_logits: Tensor, loss: str) -> None:
+    if student_logits.dim() != 2 or student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"{loss}: student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} must both be (B, K) with the same shape"
+        )
+
+
 def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy averaged over labeled samples (targets >= 0); 0 when the batch has none.
 
     Unlabeled samples carry -100 (torch's ignore_index). Plain ``F.cross_entropy`` would return NaN for
     a batch without labels; this divides by ``max(1, n_labeled)`` instead, without a host sync.
     """
-    total = F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+    total = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
     return total / (targets >= 0).sum().clamp_min(1)
 
 
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al. 2015: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, KL summed over classes and
     averaged over the batch (``batchmean``). The T^2 keeps gradient magnitudes comparable across T."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    _check_temperature(temperature)
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -50,13 +69,124 @@ def kd_loss(
     return (1 - alpha) * ce + alpha * soft_target_kl(student_logits, teacher_logits, temperature)
 
 
+def _non_target(x: Tensor, targets: Tensor) -> Tensor:
+    """The columns of ``x`` (B, K) other than each row's target, in order: (B, K - 1).
+
+    Column ``j`` of the result is class ``j + (j >= y)``: the target is skipped, not masked with a large
+    negative number, so no ``-inf`` or ``0 * inf`` can reach the KL.
+    """
+    b, k = x.shape
+    j = torch.arange(k - 1, device=x.device).expand(b, k - 1)  # (B, K-1)
+    return x.gather(1, j + (j >= targets[:, None]).long())
+
+
+def _dkd_log_probs(logits: Tensor, targets: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """``(log b, log q)``: the binary target/rest distribution (B, 2) and the non-target softmax (B, K-1).
+
+    With ``z = logits / T`` and the margin ``m = z_y - logsumexp(z_rest)``: ``p_y = sigmoid(m)``, so
+    ``log b = (logsigmoid(m), logsigmoid(-m))``, exact even when ``p_y`` rounds to 1 in float32.
+    """
+    z = logits.float() / temperature
+    z_rest = _non_target(z, targets)  # (B, K-1)
+    margin = z.gather(1, targets[:, None]) - torch.logsumexp(z_rest, dim=1, keepdim=True)  # (B, 1)
+    log_binary = torch.cat([F.logsigmoid(margin), F.logsigmoid(-margin)], dim=1)  # (B, 2)
+    return log_binary, F.log_softmax(z_rest, dim=1)
+
+
+def _kl_per_row(log_p_teacher: Tensor, log_p_student: Tensor) -> Tensor:
+    """``KL(teacher || student)`` per row, summed over the last axis: ``sum p_t * (log p_t - log p_s)``."""
+    return F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(dim=1)
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """Decoupled KD (Zhao et al. 2022, "Decoupled Knowledge Distillation"): ``alpha * TCKD + beta * NCKD``.
+
+    With ``p = softmax(z / T)`` and target class ``y``:
+    ``TCKD = T^2 * KL((p_t,y, 1 - p_t,y) || (p_s,y, 1 - p_s,y))``, the binary target-vs-rest split, and
+    ``NCKD = T^2 * KL(q_t || q_s)`` with ``q = softmax(z_rest / T)`` over the K - 1 non-target classes
+    (the target logit removed, not masked). Each KL is teacher || student, summed over its classes and
+    averaged over the labeled samples. The whole computation is in float32 log space (logsigmoid of the
+    margin for the binary terms, log-softmax for the rest), so logits of 1e4 give finite values and
+    gradients. Any warm-up of the weight over the first epochs belongs to the distiller.
+
+    Unlabeled samples (target < 0, e.g. -100) have no target class, so no decoupling: they are left out,
+    and the batch mean divides by ``max(1, n_labeled)`` on the device (no host sync), so a batch without
+    labels gives 0 with zero gradients. Labeled targets must lie in ``[0, K)``.
+    """
+    _check_logits(student_logits, teacher_logits, "dkd_loss")
+    _check_temperature(temperature)
+    _check_nonnegative(alpha=alpha, beta=beta)
+    batch, classes = student_logits.shape
+    if targets.shape != (batch,):
+        raise ValueError(f"dkd_loss: targets {tuple(targets.shape)} must be ({batch},), one class per logits row")
+    if classes < 2:
+        raise ValueError(f"dkd_loss needs at least 2 classes to split target from non-target, got {classes}")
+    labeled = targets >= 0
+    y = targets.clamp_min(0)  # unlabeled rows read class 0; their loss is zeroed below
+    s_binary, s_rest = _dkd_log_probs(student_logits, y, temperature)
+    t_binary, t_rest = _dkd_log_probs(teacher_logits, y, temperature)
+    per_sample = alpha * _kl_per_row(t_binary, s_binary) + beta * _kl_per_row(t_rest, s_rest)  # (B,)
+    return temperature**2 * (per_sample * labeled).sum() / labeled.sum().clamp_min(1)
+
+
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Per-row Pearson correlation as DIST's code computes it: cosine similarity of the mean-centred rows,
+    ``<a', b'> / (|a'| |b'| + eps)``. A constant row has ``a' = 0`` and counts as uncorrelated (0)."""
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+) -> Tensor:
+    """DIST (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher"): match correlations, not
+    values. With ``p = softmax(z / T)`` per sample, (B, K):
+
+    ``inter = mean_i (1 - pearson(p_s[i, :], p_t[i, :]))`` (each sample's class ranking),
+    ``intra = mean_c (1 - pearson(p_s[:, c], p_t[:, c]))`` (each class across the batch),
+    ``loss = T^2 * (beta * inter + gamma * intra)``, Pearson with eps 1e-8 in the denominator.
+
+    The loss is ~0 when student and teacher agree, as long as the rows and columns of ``p`` are not
+    constant (a constant vector has no correlation and counts as 0, giving 1 - 0). The intra-class
+    Pearson needs two samples: a batch of one raises unless ``gamma == 0``.
+    """
+    _check_logits(student_logits, teacher_logits, "dist_loss")
+    _check_temperature(temperature)
+    _check_nonnegative(beta=beta, gamma=gamma)
+    batch, classes = student_logits.shape
+    if batch < 2 and gamma > 0:
+        raise ValueError(
+            f"dist_loss needs a batch of at least 2 for the intra-class term, got {batch}; "
+            "pass a larger batch or gamma=0"
+        )
+    if classes < 2:
+        raise ValueError(f"dist_loss needs at least 2 classes for the inter-class term, got {classes}")
+    p_s = F.softmax(student_logits.float() / temperature, dim=1)
+    p_t = F.softmax(teacher_logits.float() / temperature, dim=1)
+    inter = (1 - _pearson_rows(p_s, p_t)).mean()
+    intra = (1 - _pearson_rows(p_s.T, p_t.T)).mean() if gamma > 0 else p_s.new_zeros(())
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
 def _level_weights(weights: Sequence[float] | None, n_levels: int) -> list[float]:
     if weights is None:
         return [1.0] * n_levels
     weights = list(weights)
     if len(weights) != n_levels:
         raise ValueError(f"got {len(weights)} feature weights for {n_levels} levels; give one per level")
-    if any(w < 0 for w in weights):
+    if not all(math.isfinite(w) and w >= 0 for w in weights):
         raise ValueError(f"feature weights must be >= 0, got {weights}")
     return weights
 
@@ -121,8 +251,49 @@ def hidden_state_loss(
     return total
 
 
+def _attention_map(x: Tensor, p: float) -> Tensor:
+    """``normalize(mean_c |x|^p)`` per sample, flattened: (B, C, H, W) -> (B, H*W), L2 norm 1.
+
+    The map is computed from ``x / max|x|`` (per sample, detached): ``normalize`` makes the result
+    invariant to that positive scale, and it keeps ``|x|^p`` in float32 range for large activations or p.
+    """
+    x = x.float()
+    scale = x.detach().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return F.normalize((x / scale).abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def attention_transfer_loss(
+    student_feats: Sequence[Tensor],
+    teacher_feats: Sequence[Tensor],
+    p: float = 2.0,
+) -> Tensor:
+    """Attention transfer (Zagoruyko and Komodakis 2017, "Paying More Attention to Attention"), summed over
+    levels: ``sum_l mean_{b, x} (a_s(b, x) - a_t(b, x))^2`` with ``a = normalize(mean_c |F_c|^p)``, the
+    spatial attention map flattened per sample and L2-normalised (the paper's ``Q / ||Q||``).
+
+    Per level the map with the larger spatial size is adaptive-average-pooled to the smaller one (per axis),
+    so the channel counts and sizes of student and teacher may differ. ``|F|^p`` is the paper's definition
+    and equals ``F^p`` for even p, such as the default 2; p must be >= 1, since below 1 the gradient of
+    ``|F|^p`` is infinite at zero activations, which ReLU networks have everywhere. The paper's weight
+    (beta / 2 = 500) belongs to the distiller.
+    """
+    if not (math.isfinite(p) and p >= 1):
+        raise ValueError(f"p must be a finite number >= 1 (|F|^p has an infinite gradient at 0 below 1), got {p}")
+    _check_levels(student_feats, teacher_feats)
+    total = student_feats[0].new_zeros((), dtype=torch.float32)
+    for s, t in zip(student_feats, teacher_feats):
+        size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
+        s, t = (F.adaptive_avg_pool2d(x, size) if tuple(x.shape[2:]) != size else x for x in (s, t))
+        total = total + (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
+    return total
+
+
 class FeatureRegressor(nn.Module):
-    """FitNets (Romero et al. 2015) regressor: a 1x1 conv (+ BatchNorm) from student to teacher channels."""
+    """FitNets (Romero et al. 2015) regressor: a 1x1 conv (+ BatchNorm) from student to teacher channels.
+
+    In training mode the BatchNorm needs more than one value per channel (batch x height x width > 1);
+    torch raises a ValueError otherwise.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True):
         super().__init__()
@@ -156,3 +327,55 @@ def regressor_loss(
         projected = F.adaptive_avg_pool2d(projected, t.shape[-2:])
         total = total + w * F.mse_loss(projected.float(), t.float())
     return total
+
+
+def _rkd_relations(embed: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
+    """``(distances, cosines)`` of (B, D) embeddings: (B, B) distances over their mean, (B, B, B) angles.
+
+    ``diff[j, i] = e_i - e_j`` is formed directly, not as ``|e_i|^2 + |e_j|^2 - 2 <e_i, e_j>``, which
+    cancels catastrophically for large embeddings. The squared distance is clamped at ``eps`` before the
+    square root (whose gradient is infinite at 0) and the diagonal then set to 0; every off-diagonal
+    distance is then >= sqrt(eps) > 0, so "the mean of the positive entries" is the off-diagonal mean,
+    computed without a host sync. ``cos[j, i, k] = <u_ji, u_jk>`` with ``u_ji`` the unit vector from
+    ``e_j`` to ``e_i``, a zero vector when the two points coincide (so its cosines are 0).
+    """
+    b = embed.shape[0]
+    embed = embed.float()
+    diff = embed[None, :, :] - embed[:, None, :]  # (B, B, D)
+    off_diagonal = ~torch.eye(b, dtype=torch.bool, device=embed.device)
+    dist = diff.pow(2).sum(dim=2).clamp_min(eps).sqrt() * off_diagonal  # (B, B)
+    dist = dist / (dist.sum() / (b * (b - 1)))
+    unit = F.normalize(diff, dim=2)  # (B, B, D)
+    return dist, unit @ unit.transpose(1, 2)  # (B, B), (B, B, B)
+
+
+def rkd_loss(
+    student_embed: Tensor,
+    teacher_embed: Tensor,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> Tensor:
+    """Relational KD (Park et al. 2019): ``distance_weight * L_D + angle_weight * L_A`` on (B, D) embeddings
+    (the student's and teacher's D may differ).
+
+    ``L_D = smooth_l1(psi_D(s), psi_D(t))`` over all (i, j), with ``psi_D(i, j) = ||e_i - e_j|| / mu`` and
+    ``mu`` the mean distance over the B(B-1) pairs ``i != j``.
+    ``L_A = smooth_l1(psi_A(s), psi_A(t))`` over all B^3 ordered triplets (i, j, k), with ``psi_A`` the
+    cosine of the angle at the middle point: ``<unit(e_i - e_j), unit(e_k - e_j)>``. As in the authors'
+    code, triplets with repeated points are kept: a zero difference has cosine 0, and ``i == k`` gives 1.
+    So a batch of 2 has a defined, degenerate angle term (0 unless one side's points coincide); a batch
+    of 1 has no pairs and raises. Both smooth-L1 terms are means (torch's default, beta = 1).
+    """
+    _check_nonnegative(distance_weight=distance_weight, angle_weight=angle_weight)
+    if student_embed.dim() != 2 or teacher_embed.dim() != 2 or student_embed.shape[0] != teacher_embed.shape[0]:
+        raise ValueError(
+            f"rkd_loss: student {tuple(student_embed.shape)} and teacher {tuple(teacher_embed.shape)} must both "
+            "be (B, D) with the same batch size; flatten feature maps first"
+        )
+    if student_embed.shape[0] < 2:
+        raise ValueError(f"rkd_loss needs a batch of at least 2 to form pairs, got {student_embed.shape[0]}")
+    s_dist, s_cos = _rkd_relations(student_embed)
+    t_dist, t_cos = _rkd_relations(teacher_embed)
+    distance = F.smooth_l1_loss(s_dist, t_dist)
+    angle = F.smooth_l1_loss(s_cos, t_cos)
+    return distance_weight * distance + angle_weight * angle

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .experiments import FINAL_EPOCHS, ExperimentConfig
+from .config import ExperimentConfig, from_flags
+from .experiments import FINAL_EPOCHS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,10 +57,11 @@ def notebook_setup(
     if epochs:
         knobs["epochs"] = epochs
     paths = study_paths(profile, dataset, output_dir)
-    cfg = ExperimentConfig(dataset=dataset, seed=seed, device=device, checkpoint_dir=str(paths.checkpoints),
-                           resume=True, progress=profile == "full", **knobs)  # fmt: skip
+    values = {k.replace("_", "-"): v for k, v in knobs.items()}
+    cfg = from_flags({**values, "dataset": dataset, "seed": seed, "device": device,
+                      "checkpoint-dir": str(paths.checkpoints), "resume": True, "progress": profile == "full"})  # fmt: skip
     return cfg, paths, final_epochs
 
 
 def final_config(cfg: ExperimentConfig, final_epochs: int) -> ExperimentConfig:
-    return replace(cfg, epochs=final_epochs)
+    return replace(cfg, train=replace(cfg.train, epochs=final_epochs))

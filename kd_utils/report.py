@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -47,21 +47,71 @@ def metric_rows(runs: dict[str, dict]) -> list[dict]:
     return rows
 
 
+def config_value(record: dict, key: str):
+    """``record["config"][key]``, looked up at the top level first, then in nested mappings (depth first).
+
+    The config moves from flat keys (``config["dataset"]``) to nested ones (``config["data"]["dataset"]``); the
+    figures read both, so records saved before and after the change render alike.
+
+    Raises:
+        KeyError: naming ``key`` and the config's top-level keys, when no level holds it.
+    """
+
+    def find(mapping: Mapping):
+        if key in mapping:
+            return True, mapping[key]
+        for value in mapping.values():
+            if isinstance(value, Mapping):
+                found, result = find(value)
+                if found:
+                    return True, result
+        return False, None
+
+    config = record.get("config") or {}
+    found, value = find(config)
+    if not found:
+        raise KeyError(f"no '{key}' in the config of run '{run_name(record)}' (top-level keys: {sorted(config)})")
+    return value
+
+
+def _distinct(runs: dict[str, dict], key: str) -> str:
+    """The runs' ``key`` values, each once in run order, joined by ' / ' (one value in a consistent study)."""
+    return " / ".join(dict.fromkeys(str(config_value(r, key)) for r in runs.values()))
+
+
+def figure_title(runs: dict[str, dict], what: str, wrap: bool = False) -> str:
+    """``"<dataset> · <teacher> → <student> · <what>"``; a figure of the teacher alone names only its model.
+
+    ``wrap`` puts ``what`` on a second line, for figures narrower than the one-line title.
+    """
+    models = (
+        _distinct(runs, "teacher")
+        if list(runs) == ["teacher"]
+        else f"{_distinct(runs, 'teacher')} → {_distinct(runs, 'student')}"
+    )
+    sep = "\n" if wrap else " · "
+    return f"{_distinct(runs, 'dataset')} · {models}{sep}{what}"
+
+
 def curves_figure(runs: dict[str, dict], names: tuple[str, ...]) -> plt.Figure | None:
     """Curves of ``names`` overlaid; None unless the last (the run the figure is about) has a history."""
     if not runs.get(names[-1], {}).get("history"):
         return None
-    chosen = {label(n, runs[n]): runs[n]["history"] for n in names if n in runs and runs[n]["history"]}
-    return plots.training_curves(chosen)
+    shown = {n: runs[n] for n in names if n in runs and runs[n]["history"]}
+    chosen = {label(n, r): r["history"] for n, r in shown.items()}
+    title = figure_title(shown, f"training curves: {' vs '.join(chosen)}")
+    return plots.training_curves(chosen, title=title)
 
 
 def metrics_figure(runs: dict[str, dict]) -> plt.Figure | None:
-    return plots.metric_table(metric_rows(runs), title="test metrics (macro)") if runs else None
+    return plots.metric_table(metric_rows(runs), title=figure_title(runs, "test metrics (macro)")) if runs else None
 
 
 def per_class_figure(runs: dict[str, dict]) -> plt.Figure | None:
+    if not runs:
+        return None
     chosen = {label(n, r): r["test"]["per_class"] for n, r in runs.items()}
-    return plots.per_class_chart(chosen, "f1", title="per-class F1 on the test set") if chosen else None
+    return plots.per_class_chart(chosen, "f1", title=figure_title(runs, "per-class F1 on the test set"))
 
 
 def confusion_figure(runs: dict[str, dict], name: str) -> plt.Figure | None:
@@ -69,9 +119,8 @@ def confusion_figure(runs: dict[str, dict], name: str) -> plt.Figure | None:
         return None
     r = runs[name]
     classes = [row["class"] for row in r["test"]["per_class"]]
-    return plots.confusion_heatmap(
-        r["test"]["confusion_matrix"], classes, title=f"{label(name, r)}: confusion (row-normalised)"
-    )
+    title = figure_title({name: r}, f"{label(name, r)}: confusion (row-normalised)", wrap=True)
+    return plots.confusion_heatmap(r["test"]["confusion_matrix"], classes, title=title)
 
 
 FIGURES: dict[str, Callable[[dict[str, dict]], plt.Figure | None]] = {

@@ -1,76 +1,327 @@
 """Results files: JSON ``{"runs": [...]}`` (the full record) or CSV (one flat row per run).
 
-Every write appends the new run to what the file already holds and replaces the file atomically, so an
-earlier result is never lost and a crash never leaves half a file.
+Every append reads, extends and rewrites the file under a file lock (``<path>.lock``), so runs appended by
+several processes at once are all kept; the rewrite is atomic (``atomic_write``), so an earlier result is never
+lost and a crash never leaves half a file. A file that is not a results file is refused on read, naming the
+first bad run, rather than overwritten.
+
+``atomic_write`` is the package's one atomic-write helper: checkpoints and records are written through it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
 
 RESULT_SUFFIXES = (".json", ".csv")
+METRICS = ("accuracy", "precision", "recall", "f1")  # what every run's "test" mapping must hold, as numbers
 CSV_FIELDS = (
-    "experiment", "dataset", "teacher", "student", "accuracy", "precision", "recall", "f1",
+    "experiment", "name", "dataset", "teacher", "student", "accuracy", "precision", "recall", "f1",
     "best_epoch", "epochs", "params", "seconds", "seed", "labeled_fraction", "timestamp",
 )  # fmt: skip
+CSV_LATER_FIELDS = ("name",)  # columns added after the first release: a CSV written before may lack them
+CSV_REQUIRED = tuple(f for f in CSV_FIELDS if f not in CSV_LATER_FIELDS)
+SIGNIFICANT_DIGITS = 6  # CSV floats: 0.44000000000000006 -> 0.44
+LOCK_TIMEOUT_S = 300.0  # an append takes well under a second; minutes of waiting means a stuck process
+FIX = "move it away or pick another --results-path"
 
 
-def check_results_path(path: str | Path) -> Path:
+# ---------------------------------------------------------------------------------------------- atomic write
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Replace ``path`` by ``data`` so that any reader sees the whole old file or the whole new one.
+
+    The bytes go to a temporary file with a unique name in the same folder (same file system, so the rename is
+    atomic; unique, so concurrent writers never share it), are flushed and fsynced, then ``os.replace``d over
+    ``path``; the folder is fsynced too, where the OS allows, so the rename itself survives a power cut. If
+    anything fails the temporary file is removed and ``path`` is as it was. A str is written as UTF-8. The new
+    file keeps the permissions of the one it replaces (else the usual ``0o666 & ~umask``).
+
+    Args:
+        path: the file to write; its parent folders are created.
+        data: the whole new content, e.g. ``buf.getvalue()`` of an ``io.BytesIO`` that ``torch.save`` wrote.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    if isinstance(data, str):
+        payload = data.encode("utf-8")
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        payload = bytes(data)
+    else:
+        raise TypeError(f"atomic_write takes bytes or str, got {type(data).__name__}; pass e.g. buf.getvalue()")
     path = Path(path)
-    if path.suffix not in RESULT_SUFFIXES:
-        raise ValueError(f"unsupported results file '{path}'; use a {' or '.join(RESULT_SUFFIXES)} path")
-    if path.exists():
-        load_runs(path)  # refuse a corrupt file before any training, rather than overwrite it later
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _new_file_mode(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:  # KeyboardInterrupt too: never leave a stray temporary file
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
     return path
 
 
-def load_runs(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
+def _new_file_mode(path: Path) -> int:
+    """Permissions for the replacement: the old file's, else what ``open(path, "w")`` would give.
+
+    mkstemp creates files readable by their owner only; without this every save would silently tighten them.
+    """
+    with contextlib.suppress(OSError):
+        return path.stat().st_mode & 0o7777
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (setting it races with other threads)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder so a rename in it is durable; some systems (Windows) cannot open a folder: skip there."""
     try:
-        if path.suffix == ".csv":
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames is None or "experiment" not in reader.fieldnames:
-                    raise csv.Error("no header with an 'experiment' column")
-                return list(reader)
-        runs = json.loads(path.read_text())["runs"]
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"results file {path} is unreadable ({err}); move it away or pick another path") from None
-    if not isinstance(runs, list):
-        raise ValueError(f"results file {path} has no list under 'runs'; move it away or pick another path")
-    return runs
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
-def csv_row(run: dict) -> dict:
-    cfg, test = run.get("config", {}), run.get("test", {})
-    row = {**{k: cfg.get(k) for k in ("dataset", "teacher", "student", "epochs", "seed", "labeled_fraction")}}
-    row.update({k: test.get(k) for k in ("accuracy", "precision", "recall", "f1")})
-    row.update({k: run.get(k) for k in ("experiment", "best_epoch", "params", "seconds", "timestamp")})
-    return {k: row.get(k) for k in CSV_FIELDS}
+# ---------------------------------------------------------------------------------------------- validation
+def _refused(path: Path, what: str) -> ValueError:
+    return ValueError(f"results file {path} {what}; {FIX}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def append_run(path: str | Path, run: dict) -> None:
-    """Append ``run`` to the results file at ``path`` (.json keeps everything, .csv the flat row)."""
+def run_problem(run: Any) -> str | None:
+    """What makes ``run`` unfit for a results file (one short phrase), or None when it is a valid record.
+
+    A record needs ``experiment`` (str), ``config`` (mapping) and ``test`` (mapping holding a number under each
+    of ``METRICS``): what the report and the CSV row read.
+    """
+    if not isinstance(run, Mapping):
+        return f"is a {type(run).__name__}, not a mapping"
+    if not isinstance(run.get("experiment"), str):
+        return "has no 'experiment' string"
+    for key in ("config", "test"):
+        if not isinstance(run.get(key), Mapping):
+            return f"has no '{key}' mapping"
+    for metric in METRICS:
+        if not _is_number(run["test"].get(metric)):
+            return f"has no number under test['{metric}'] (got {run['test'].get(metric)!r})"
+    return None
+
+
+def validate_results(data: Any, path: str | Path) -> dict:
+    """``data`` itself when it is an object with a list of valid runs under "runs", else a one-line ValueError."""
+    if not isinstance(data, dict):
+        raise _refused(Path(path), f"holds a JSON {type(data).__name__}, not an object with a list under 'runs'")
+    if not isinstance(data.get("runs"), list):
+        raise _refused(Path(path), f"has no list under 'runs' (got {type(data.get('runs')).__name__})")
+    for i, run in enumerate(data["runs"]):
+        problem = run_problem(run)
+        if problem is not None:
+            raise _refused(Path(path), f"is malformed: run {i} {problem}")
+    return data
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows (as strings) of a CSV results file, checked: the expected columns, one cell per column."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise _refused(path, f"is unreadable ({err})") from None
+    if not header:
+        raise _refused(path, "is empty, with no CSV header")
+    missing = [c for c in CSV_REQUIRED if c not in header]
+    if missing:
+        raise _refused(path, f"has a CSV header without the column(s) {', '.join(missing)}")
+    for i, row in enumerate(rows):
+        if None in row:
+            problem = "has more cells than the header has columns"
+        elif any(v is None for v in row.values()):
+            problem = "has fewer cells than the header has columns"
+        elif not row["experiment"]:
+            problem = "has no experiment"
+        else:
+            problem = next((f"has {row[m]!r} under {m}, not a number" for m in METRICS if not _is_float(row[m])), None)
+        if problem:
+            raise _refused(path, f"is malformed: run {i} {problem}")
+    return list(header), rows
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_results(path: str | Path) -> dict:
+    """The whole results object ``{"runs": [...], ...}``, validated, unknown top-level keys included.
+
+    A file that does not exist yet gives ``{"runs": []}``; a CSV file gives ``{"runs": rows}`` with each row a
+    dict of strings, as ``csv.DictReader`` reads it.
+
+    Raises:
+        ValueError: one line naming the file, the index of the first bad run and what is wrong with it.
+    """
     path = Path(path)
-    runs = load_runs(path)
+    _check_not_directory(path)
+    if not path.exists():
+        return {"runs": []}
     if path.suffix == ".csv":
+        return {"runs": _read_csv(path)[1]}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _refused(path, f"is not readable JSON ({err})") from None
+    return validate_results(data, path)
+
+
+def load_runs(path: str | Path) -> list[dict]:
+    """The validated list of runs in ``path`` (``[]`` when it does not exist yet); see ``load_results``."""
+    return load_results(path)["runs"]
+
+
+def check_results_path(path: str | Path) -> Path:
+    """``path`` as a Path if a run can append to it, else a one-line ValueError; creates nothing.
+
+    Called before any training, so a bad path costs seconds rather than a lost study: refused are a directory,
+    a suffix other than .json/.csv, a nearest existing parent that is a file or is not writable, and an
+    existing file that is not a valid results file (it would be refused, not overwritten, after training).
+    """
+    path = Path(path)
+    _check_not_directory(path)
+    _check_suffix(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folders below it are created on the first append
+    if not folder.is_dir():
+        raise ValueError(f"results path {path} lies under {folder}, which is a file, not a folder; {FIX}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"results path {path}: folder {folder} is not writable; fix its permissions or {FIX}")
+    if path.exists():
+        load_results(path)
+    return path
+
+
+def _check_not_directory(path: Path) -> None:
+    if path.is_dir():
+        raise ValueError(f"results path {path} is a directory; give a .json or .csv file, e.g. {path / 'runs.json'}")
+
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in RESULT_SUFFIXES:
+        raise ValueError(f"unsupported results file '{path}'; use a {' or '.join(RESULT_SUFFIXES)} path")
+
+
+# ---------------------------------------------------------------------------------------------- CSV rows
+def config_value(config: Mapping, key: str, default: Any = None) -> Any:
+    """``config[key]``, looked up in the flat layout and the nested one (``config["train"]["epochs"]``).
+
+    Breadth first: a key at the top level wins over one deeper down, and a shallower nested key over a deeper
+    one. ``default`` when no mapping at any depth holds ``key``.
+    """
+    level = [config]
+    while level:
+        for mapping in level:
+            if key in mapping:
+                return mapping[key]
+        level = [v for mapping in level for v in mapping.values() if isinstance(v, Mapping)]
+    return default
+
+
+def round_significant(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """A float rounded to ``digits`` significant digits, ``float(f"{x:.{digits}g}")``; anything else as is."""
+    return float(f"{value:.{digits}g}") if isinstance(value, float) else value
+
+
+def csv_row(run: Mapping) -> dict:
+    """The flat CSV row of a run record, keyed by ``CSV_FIELDS``.
+
+    A teacher run's ``epochs`` is its ``teacher_epochs`` (the config's ``epochs`` are the students'); config
+    values are found in flat and nested configs alike; every float keeps ``SIGNIFICANT_DIGITS``.
+    """
+    cfg, test = run.get("config") or {}, run.get("test") or {}
+    row = {k: config_value(cfg, k) for k in ("dataset", "teacher", "student", "seed", "labeled_fraction")}
+    teacher_epochs = config_value(cfg, "teacher_epochs") if run.get("experiment") == "teacher" else None
+    row["epochs"] = teacher_epochs if teacher_epochs is not None else config_value(cfg, "epochs")
+    row.update({k: test.get(k) for k in METRICS})
+    row.update({k: run.get(k) for k in ("experiment", "name", "best_epoch", "params", "seconds", "timestamp")})
+    return {k: round_significant(row.get(k)) for k in CSV_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------- append
+def _appended(path: Path, run: Mapping) -> str:
+    """The new content of ``path`` with ``run`` added: the JSON object keeps every other key; CSV its columns."""
+    if path.suffix == ".csv":
+        header, rows = _read_csv(path) if path.exists() else (list(CSV_FIELDS), [])
+        fields = [*CSV_FIELDS, *(c for c in header if c not in CSV_FIELDS)]  # unknown columns kept, at the end
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="", extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows([*runs, csv_row(run)])
-        _write_atomic(path, buf.getvalue())
-    else:
-        _write_atomic(path, json.dumps({"runs": [*runs, run]}, indent=1) + "\n")
+        writer.writerows([*rows, csv_row(run)])
+        return buf.getvalue()
+    data = load_results(path)
+    return json.dumps({**data, "runs": [*data["runs"], run]}, indent=1) + "\n"
+
+
+def append_run(path: str | Path, run: Mapping) -> None:
+    """Append ``run`` to the results file at ``path`` (.json keeps the whole record, .csv the flat row).
+
+    Safe with several processes appending at once: the read-modify-write happens under ``FileLock(path +
+    ".lock")`` and the file is replaced atomically. The lock file stays (deleting it would let two processes
+    hold two different locks); the OS drops the lock itself when its holder dies.
+
+    Raises:
+        ValueError: ``run`` is not a valid record, or the file is not a results file (it is left untouched).
+        TimeoutError: another process held the lock for ``LOCK_TIMEOUT_S`` seconds.
+    """
+    path = Path(path)
+    _check_not_directory(path)
+    _check_suffix(path)
+    problem = run_problem(run)
+    if problem is not None:
+        raise ValueError(f"cannot append to {path}: the run {problem}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            atomic_write(path, _appended(path, run))
+    except Timeout:
+        raise TimeoutError(
+            f"results file {path}: another process has held {lock.lock_file} for over {LOCK_TIMEOUT_S:g} s; "
+            f"stop it if it is stuck, or {FIX}"
+        ) from None

@@ -7,10 +7,12 @@ from ``last.pt``, and restores the best epoch's weights at the end. The test spl
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +22,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import DataSplits, TensorLoader
-from .distill import Distiller
+from .distill import Distiller, flag
 from .metrics import classification_metrics
+from .results import atomic_write
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
@@ -38,13 +41,39 @@ class TrainConfig:
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
     schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | onecycle
     warmup_epochs: float = 1.0  # linear warm-up length for the cosine schedule
-    precision: str = "auto"  # auto (bf16/fp16 on CUDA, bf16 on CPUs with native bf16, else fp32) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 where the GPU/CPU has it natively, fp16 + scaler on older GPUs, else fp32)
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
-    seed: int = 0  # batch order and augmentation (the caller seeds weight init)
+    seed: int = 0  # weight init, batch order and augmentation
+    random_erasing: float = 0.0  # probability of erasing a random rectangle per training image (Zhong et al. 2020)
     log_every: int = 20  # steps between progress-bar updates (and non-finite checks on GPUs)
     compile: bool = False  # torch.compile the training forward (pays a one-off compile time)
     channels_last: bool = True  # NHWC activations on CPU and CUDA: faster oneDNN / cuDNN convolutions
+    deterministic: bool = False  # GPUs: deterministic cuDNN and algorithms (CPU runs are reproducible anyway)
     progress: bool = True  # tqdm.auto bars
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag of the first bad setting (device included)."""
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"--{flag(name)} {value}: must be a finite number")
+        checks = [
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.momentum >= 0, "momentum", "must be >= 0"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
+            (0 <= self.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]"),
+            (self.log_every >= 1, "log_every", "must be >= 1"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"choose from: {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, "schedule", f"choose from: {', '.join(SCHEDULES)}"),
+            (self.precision in PRECISIONS, "precision", f"choose from: {', '.join(PRECISIONS)}"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise ValueError(f"--{flag(name)} {getattr(self, name)}: {rule}")
+        resolve_device(self.device)
 
 
 @dataclass
@@ -66,15 +95,28 @@ def time_to_accuracy(history: list[dict], target: float) -> dict:
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """Training diverged: a loss (or, before a checkpoint, a weight or BatchNorm statistic) is not finite."""
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; anything else parsed and checked now, before any work."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise ValueError(f"--device {device}: not a device; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' requested but CUDA is not available; use --device cpu")
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
     return dev
 
 
@@ -99,13 +141,20 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16() -> bool:
+    """bf16 tensor cores (compute capability >= 8.0). ``is_bf16_supported()`` alone also counts emulation and
+    answers True on a T4 (7.5), where cuDNN has no bf16 convolutions."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype (``torch.float32`` means no autocast)."""
+    """The autocast dtype (``torch.float32`` means no autocast). ``auto``: bf16 on GPUs and CPUs that run it
+    natively, fp16 (with a gradient scaler, see ``fit``) on older GPUs such as the T4, else fp32."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision '{precision}'; choose from: {', '.join(PRECISIONS)}")
+        raise ValueError(f"--precision {precision}: choose from: {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_has_native_bf16() else torch.float16
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -162,10 +211,18 @@ def evaluate(model: nn.Module, loader: TensorLoader, class_names, dtype=torch.fl
     return metrics
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous file whole
+def save_checkpoint(obj: dict, path: Path) -> None:
+    """``torch.save`` through ``results.atomic_write``: a crash mid-write leaves the previous file whole."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, buffer.getvalue())
+
+
+def check_finite_state(module: nn.Module, where: str) -> None:
+    """Refuse to save a diverged model: every parameter and buffer (BatchNorm statistics) must be finite."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteLossError(f"non-finite {name} {where}; nothing was saved for it")
 
 
 def trainable_state(distiller: Distiller) -> dict:
@@ -176,7 +233,7 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-RESUME_IGNORED = {"device", "log_every", "progress", "compile"}  # settings a resumed run may change
+RESUME_IGNORED = {"device", "log_every", "progress", "compile", "deterministic"}  # settings a resumed run may change
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:
@@ -188,23 +245,58 @@ def check_resumable(saved: dict, current: dict, path: Path) -> None:
         )
 
 
-def train_one_epoch(distiller, loader, opt, scheduler, dtype, scaler, cfg, epoch, bar, step_fn=None) -> dict:
+def set_deterministic(device: torch.device, enabled: bool) -> None:
+    """GPUs: deterministic cuDNN kernels, no autotuning, deterministic algorithms where torch has them.
+
+    CPU runs are bit-reproducible without it. On a GPU even this cannot promise equality across GPU models,
+    driver or library versions; it removes the run-to-run differences on one machine.
+    """
+    if not enabled or device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def batch_targets(epoch_targets: dict | None, batch: slice) -> dict | None:
+    """One batch's slice of an epoch's stored teacher targets (lists hold one tensor per level)."""
+    if epoch_targets is None:
+        return None
+    return {k: [t[batch] for t in v] if isinstance(v, list) else v[batch] for k, v in epoch_targets.items()}
+
+
+@dataclass
+class EpochContext:
+    """What one training epoch needs besides the distiller and the data."""
+
+    opt: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype
+    cfg: TrainConfig
+    step_fn: Callable | None = None  # a torch.compile'd distiller when asked for
+    teacher_targets: dict | None = None  # this epoch's stored teacher targets (teacher_cache), or None
+
+
+def train_one_epoch(distiller: Distiller, loader: TensorLoader, ctx: EpochContext, epoch: int, bar=None) -> dict:
     """One pass; returns mean loss parts, accuracy and macro F1 over labeled images. Syncs only at log points
     (every step on the CPU, where a sync costs nothing)."""
     distiller.train()
-    device = loader.device
+    device, cfg = loader.device, ctx.cfg
     sums: dict[str, Tensor] = {}
     predictions, targets = [], []  # kept on the device; one transfer at the end of the epoch
     check_every = 1 if device.type == "cpu" else cfg.log_every
-    step_fn = step_fn or distiller  # a torch.compile'd distiller when asked for
+    step_fn = ctx.step_fn or distiller
     for step, (x, y) in enumerate(loader):
-        with autocast(device, dtype):
-            loss, logits, parts = step_fn(x, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        scheduler.step()
+        teacher = batch_targets(ctx.teacher_targets, slice(step * loader.batch_size, (step + 1) * loader.batch_size))
+        with autocast(device, ctx.dtype):
+            loss, logits, parts = step_fn(x, y, teacher)
+        ctx.opt.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(ctx.opt)
+        ctx.scaler.update()
+        ctx.scheduler.step()
         parts = {"loss": loss.detach(), **parts}
         for k, v in parts.items():
             sums[k] = sums.get(k, 0) + v.float()
@@ -242,17 +334,23 @@ def fit(
     cfg: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
-    log=None,
+    log: Callable[[str], None] | None = None,
     desc: str = "train",
+    teacher_cache=None,
+    on_epoch: Callable[[dict], None] | None = None,
+    select_best: bool = True,
 ) -> FitResult:
     """Train ``distiller`` (student + adapters) on ``data.train``, select by validation macro F1.
 
-    With ``checkpoint_dir``, ``last.pt`` is written after each epoch and ``best.pt`` on improvement; with
-    ``resume`` a present ``last.pt`` is loaded and training goes on from the epoch after it. The best
-    epoch's weights are loaded back into the distiller before returning.
+    With ``checkpoint_dir``, ``last.pt`` is written after each epoch and ``best.pt`` on improvement (never a
+    non-finite state); with ``resume`` a present ``last.pt`` is loaded and training goes on from the epoch
+    after it. The best epoch's weights are loaded back before returning (the last epoch's with
+    ``select_best=False``). ``teacher_cache`` (a ``TeacherCache``) serves the teacher targets of each epoch
+    when the method allows; ``on_epoch`` receives each history row (e.g. for TensorBoard).
     """
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
+    set_deterministic(device, cfg.deterministic)
     channels_last = cfg.channels_last and device.type in ("cuda", "cpu")
     distiller.to(device)
     if channels_last:
@@ -260,14 +358,16 @@ def fit(
     names = data.info.classes
     train_loader = TensorLoader(
         data.train_x, data.train_y, data.info, cfg.batch_size, device, train=True, seed=cfg.seed,
-        channels_last=channels_last,
+        channels_last=channels_last, random_erasing=cfg.random_erasing,
     )  # fmt: skip
     val_loader = TensorLoader(data.val_x, data.val_y, data.info, 512, device, channels_last=channels_last)
-    step_fn = torch.compile(distiller) if cfg.compile else distiller
     params = [p for p in distiller.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg)
     scheduler = build_scheduler(opt, cfg, len(train_loader))
+    # fp16 needs loss scaling (its exponent range is narrow); bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ctx = EpochContext(opt, scheduler, scaler, dtype, cfg, torch.compile(distiller) if cfg.compile else None)
+    use_cache = teacher_cache is not None and distiller.cacheable
     result = FitResult()
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     start_epoch = 1
@@ -275,8 +375,7 @@ def fit(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
-            state = load_checkpoint(last)
-            check_resumable(state.get("train_config", {}), asdict(cfg), last)
+            state = load_resume_state(last, asdict(cfg))
             distiller.student.load_state_dict(state["model"])
             distiller.adapters.load_state_dict(state["adapters"])
             opt.load_state_dict(state["optimizer"])
@@ -285,15 +384,20 @@ def fit(
             result = FitResult(**state["result"])
             start_epoch = state["epoch"] + 1
             if log:
-                log(f"resumed {desc} from {last} after epoch {state['epoch']}")
+                log(f"resumed {desc} from {last.name} after epoch {state['epoch']}")
+    best_state = None
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()
+        ctx.teacher_targets = teacher_cache.epoch_targets(distiller, train_loader, dtype) if use_cache else None
         bar = tqdm(total=len(train_loader), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)
         try:
-            parts = train_one_epoch(distiller, train_loader, opt, scheduler, dtype, scaler, cfg, epoch, bar, step_fn)
+            parts = train_one_epoch(distiller, train_loader, ctx, epoch, bar)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"{desc}: {err}") from None
         finally:
             bar.close()
+        ctx.teacher_targets = None
         train_seconds = time.perf_counter() - t0
         val = evaluate(distiller.student, val_loader, names, dtype)
         seconds = time.perf_counter() - t0
@@ -307,13 +411,16 @@ def fit(
             "seconds": seconds,
             "images_per_s": len(train_loader) * cfg.batch_size / train_seconds,
         }
+        check_finite_state(distiller, f"after epoch {epoch} of {desc}")
         result.history.append(row)
         result.seconds += seconds
-        improved = row["val_f1"] > result.best_val_f1
+        improved = row["val_f1"] > result.best_val_f1 if select_best else True
         if improved:
             result.best_epoch, result.best_val_f1 = epoch, row["val_f1"]
         if log:
-            log(format_epoch(desc, row, cfg.epochs, improved))
+            log(format_epoch(desc, row, cfg.epochs, improved and select_best))
+        if on_epoch:
+            on_epoch(row)
         if ckpt_dir is not None:
             state = {
                 **trainable_state(distiller),
@@ -325,17 +432,40 @@ def fit(
                 "train_config": asdict(cfg),
             }
             if improved:
-                _atomic_save({**trainable_state(distiller), "epoch": epoch}, ckpt_dir / "best.pt")
-            _atomic_save(state, ckpt_dir / "last.pt")
-        if improved and ckpt_dir is None:  # without a checkpoint folder the best weights stay in memory
+                save_checkpoint({**trainable_state(distiller), "epoch": epoch}, ckpt_dir / "best.pt")
+            save_checkpoint(state, ckpt_dir / "last.pt")
+        elif improved:  # without a checkpoint folder the best weights stay in memory
             best_state = {k: v.detach().clone() for k, v in distiller.state_dict().items()}
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
-        best = load_checkpoint(ckpt_dir / "best.pt")
+        best = load_checkpoint_file(ckpt_dir / "best.pt")
         distiller.student.load_state_dict(best["model"])
         distiller.adapters.load_state_dict(best["adapters"])
-    elif result.history:
+    elif best_state is not None:
         distiller.load_state_dict(best_state)
     return result
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    """A checkpoint written by ``fit``; one ``ValueError`` line naming the file and what to do when it is not."""
+    try:
+        state = load_checkpoint(path)
+    except Exception as err:  # truncated file, not a zip, unpickling refused by weights_only
+        raise ValueError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}); delete it (or the whole folder "
+            f"{path.parent}) to train from scratch, or use best.pt from the same folder"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "adapters"} <= set(state):
+        raise ValueError(f"checkpoint {path} was not written by kd_utils' trainer; delete it to train from scratch")
+    return state
+
+
+def load_resume_state(path: Path, current_cfg: dict) -> dict:
+    state = load_checkpoint_file(path)
+    missing = {"optimizer", "scheduler", "scaler", "epoch", "result", "train_config"} - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(sorted(missing))}; delete it to train from scratch")
+    check_resumable(state["train_config"], current_cfg, path)
+    return state
 
 
 def format_epoch(desc: str, row: dict, epochs: int, improved: bool) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import pickle
+import re
+import shlex
 import struct
 from pathlib import Path
 
@@ -269,7 +272,7 @@ def test_prepare_data_labeled_fraction_is_stratified():
 
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
 def test_prepare_data_rejects_bad_labeled_fraction(fraction):
-    with pytest.raises(ValueError, match="labeled_fraction"):
+    with pytest.raises(ValueError, match="--labeled-fraction"):
         prepare_data(DataConfig(dataset="synthetic", labeled_fraction=fraction))
 
 
@@ -358,3 +361,316 @@ def test_augmentation_is_reproducible_per_epoch(synthetic_splits):
 
     assert torch.equal(first_batch(2), first_batch(2))
     assert not torch.equal(first_batch(2), first_batch(3))
+
+
+# --- CIFAR batches are read without running code from the data folder, and checked ---------------
+
+
+def py2_cpickle(batch: dict) -> bytes:
+    """``batch`` as Python 2's cPickle wrote the real CIFAR files (protocol 2), opcode by opcode.
+
+    Strings are SHORT_BINSTRING / BINSTRING (bytes under ``encoding="bytes"``), ints BININT1 / BININT2 / BININT,
+    and the array goes through ``numpy.core.multiarray._reconstruct``, whichever numpy runs the test.
+    """
+
+    def string(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<I", len(b)) + b
+
+    def integer(n: int) -> bytes:
+        if 0 <= n < 256:
+            return b"K" + bytes([n])
+        return b"M" + struct.pack("<H", n) if 0 <= n < 65536 else b"J" + struct.pack("<i", n)
+
+    def array(a: np.ndarray) -> bytes:
+        assert a.dtype == np.uint8 and a.ndim == 2
+        return (
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string(b"b") + b"\x87R"
+            b"(" + integer(1) + integer(a.shape[0]) + integer(a.shape[1]) + b"\x86"  # state: version, shape,
+            b"cnumpy\ndtype\n" + string(b"u1") + integer(0) + integer(1) + b"\x87R"  # dtype,
+            b"(" + integer(3) + string(b"|") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb"
+            b"\x89" + string(a.tobytes()) + b"tb"  # Fortran order: False, the raw bytes
+        )
+
+    def value(v) -> bytes:
+        if isinstance(v, np.ndarray):
+            return array(v)
+        if isinstance(v, list):
+            return b"](" + b"".join(integer(x) if isinstance(x, int) else string(x) for x in v) + b"e"
+        return string(v)
+
+    return b"\x80\x02}(" + b"".join(string(k) + value(v) for k, v in batch.items()) + b"u."
+
+
+def test_py2_cpickle_writes_what_plain_pickle_reads():
+    batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 300], b"name": b"x"}
+    raw = py2_cpickle(batch)
+    assert raw.startswith(b"\x80\x02}(U\x04datacnumpy.core.multiarray\n_reconstruct\n")  # real files, less memo ops
+    loaded = pickle.loads(raw, encoding="bytes")
+    assert loaded[b"labels"] == [3, 300] and loaded[b"name"] == b"x"
+    assert loaded[b"data"].dtype == np.uint8 and np.array_equal(loaded[b"data"], batch[b"data"])
+
+
+CIFAR100_TRAIN = 200  # every fine class twice: a stratified split of 100 needs two of each
+CIFAR100_TEST = 100
+
+
+def cifar100_file(n: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    fine = [(7 * i + seed) % 100 for i in range(n)]
+    return {
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+        b"batch_label": b"fixture",
+        b"fine_labels": fine,
+        b"coarse_labels": [f // 5 for f in fine],  # not the real superclass map; only needs to differ from fine
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+    }
+
+
+@pytest.fixture
+def cifar100_root(tmp_path: Path) -> Path:
+    """torchvision's cifar-100-python layout: ``train`` as Python 2 wrote it, ``test`` as Python 3 does."""
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    train = cifar100_file(CIFAR100_TRAIN, seed=1)
+    train[b"data"][5, 1 * 1024 + 3 * 32 + 30] = 222  # image 5, G channel, row 3, col 30
+    (folder / "train").write_bytes(py2_cpickle(train))
+    with open(folder / "test", "wb") as f:
+        pickle.dump(cifar100_file(CIFAR100_TEST, seed=2), f, protocol=2)
+    meta = {b"fine_label_names": [c.encode() for c in DATASETS["cifar100"].classes]}
+    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return tmp_path
+
+
+def test_cifar100_facts():
+    info = DATASETS["cifar100"]
+    assert info.num_classes == len(set(info.classes)) == 100
+    assert list(info.classes) == sorted(info.classes)  # the meta file's fine_label_names are alphabetical
+    assert info.classes[:3] == ("apple", "aquarium_fish", "baby") and info.classes[-1] == "worm"
+    assert info.classes.index("lawn_mower") == 41 and info.classes.index("sweet_pepper") == 83
+    assert (info.in_channels, info.image_size, info.crop_padding, info.hflip) == (3, 32, 4, True)
+    assert (info.default_val_size, info.target_accuracy) == (5000, 0.40)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cifar100_reader_uses_the_fine_labels(cifar100_root, train):
+    images, labels = load_dataset("cifar100", cifar100_root, train=train, download=False)
+    n, seed = (CIFAR100_TRAIN, 1) if train else (CIFAR100_TEST, 2)
+    expected = cifar100_file(n, seed)
+    assert images.dtype == torch.uint8 and images.shape == (n, 3, 32, 32)
+    assert labels.dtype == torch.int64 and labels.tolist() == expected[b"fine_labels"]
+    assert labels.tolist() != expected[b"coarse_labels"]
+    if train:
+        assert images[5, 1, 3, 30] == 222
+        expected[b"data"][5, 1 * 1024 + 3 * 32 + 30] = 222
+    assert torch.equal(images, torch.from_numpy(expected[b"data"].reshape(n, 3, 32, 32)))
+
+
+def test_prepare_data_on_cifar100(cifar100_root):
+    data = prepare_data(DataConfig(dataset="cifar100", data_dir=str(cifar100_root), download=False, val_size=100))
+    assert data.info.num_classes == 100
+    assert data.sizes() == {"train": 100, "labeled": 100, "val": 100, "test": 100}
+    assert torch.bincount(data.val_y, minlength=100).tolist() == [1] * 100  # stratified: one of each class
+    assert torch.bincount(data.train_y, minlength=100).tolist() == [1] * 100
+    assert data.train_x.shape == (100, 3, 32, 32)
+
+
+def test_cifar100_missing_downloads_through_torchvision(tmp_path, monkeypatch):
+    import torchvision
+
+    calls = []
+
+    def offline(root, train, download):
+        calls.append((root, train, download))
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("cifar100", tmp_path, train=True, download=True)
+    assert calls == [(str(tmp_path), True, True)]
+    message = str(info.value)
+    assert str(tmp_path / "cifar-100-python") in message and "train" in message
+    assert "download failed: no network" in message and "cifar-100-python.tar.gz" in message
+
+
+class ShellPayload:
+    """Unpickling this runs ``touch path`` through ``os.system``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.path))}",)
+
+
+class ExecPayload:
+    """Unpickling this writes ``path`` through the builtin ``exec``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.path)!r}, 'w').close()",)
+
+
+PAYLOADS = {  # payload class -> the global its protocol-2 pickle names
+    ShellPayload: f"{os.system.__module__}.system",  # posix.system on Linux
+    ExecPayload: "__builtin__.exec",  # protocol 2 writes Python 2's module name
+}
+TAMPERED_FILES = {"cifar10": "cifar-10-batches-py/data_batch_1", "cifar100": "cifar-100-python/train"}
+
+
+@pytest.mark.parametrize("payload", list(PAYLOADS), ids=lambda p: p.__name__)
+@pytest.mark.parametrize("dataset", list(TAMPERED_FILES))
+def test_a_tampered_batch_runs_no_code(request, tmp_path, payload, dataset):
+    root = request.getfixturevalue("cifar_root" if dataset == "cifar10" else "cifar100_root")
+    live = tmp_path / "live-sentinel"
+    pickle.loads(pickle.dumps(payload(live), protocol=2))
+    assert live.exists(), "the payload does not work, so the test below proves nothing"
+
+    sentinel = tmp_path / "SENTINEL"
+    path = root / TAMPERED_FILES[dataset]
+    label_key = b"labels" if dataset == "cifar10" else b"fine_labels"
+    with open(path, "wb") as f:
+        pickle.dump({b"data": payload(sentinel), label_key: [0]}, f, protocol=2)
+    with pytest.raises(ValueError) as info:
+        load_dataset(dataset, root, train=True, download=False)
+    message = str(info.value)
+    assert not sentinel.exists()
+    assert len(message.splitlines()) == 1
+    assert str(path) in message and PAYLOADS[payload] in message
+    title = "CIFAR-10" if dataset == "cifar10" else "CIFAR-100"
+    assert f"delete the folder {path.parent} and download {title} again" in message
+
+
+def test_only_the_latin1_codec_is_allowed(cifar_root):
+    path = cifar_root / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R.")
+    assert pickle.loads(path.read_bytes()) == "nop"  # what the plain unpickler would have run
+    with pytest.raises(ValueError, match=r"_codecs\.encode\(str, 'rot13'\)"):
+        load_dataset("cifar10", cifar_root, train=True)
+
+
+def valid_batch_bytes() -> bytes:
+    return pickle.dumps(cifar_batch(CIFAR_TRAIN_PER_BATCH, first_label=1, seed=1), protocol=2)
+
+
+def with_batch(**changes) -> bytes:
+    batch = cifar_batch(CIFAR_TRAIN_PER_BATCH, first_label=1, seed=1)
+    batch.update({k.encode(): v for k, v in changes.items()})
+    return pickle.dumps(batch, protocol=2)
+
+
+BROKEN_BATCHES = {  # name -> (file contents, what the message says)
+    "garbage": (b"\x00\x17 this is not a pickle \xff" * 8, "not a readable CIFAR-10 batch"),
+    "truncated": (valid_batch_bytes()[: len(valid_batch_bytes()) // 2], "not a readable CIFAR-10 batch"),
+    "empty": (b"", "not a readable CIFAR-10 batch (EOFError"),
+    "not a dict": (pickle.dumps([1, 2, 3], protocol=2), "it holds a list"),
+    "no labels": (pickle.dumps({b"data": np.zeros((1, 3072), np.uint8)}, protocol=2), "lacks the key(s) b'labels'"),
+    "int64 data": (with_batch(data=np.zeros((3, 3072), np.int64)), "int64 array of shape (3, 3072)"),
+    "3071 columns": (with_batch(data=np.zeros((3, 3071), np.uint8)), "uint8 array of shape (3, 3071)"),
+    "flat data": (with_batch(data=np.zeros(3 * 3072, np.uint8)), "shape (9216,)"),
+    "data as bytes": (with_batch(data=bytes(3 * 3072)), "b'data' is a bytes"),
+    "no images": (py2_cpickle({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}), "holds no images"),
+    "label 10": (with_batch(labels=[0, 10, 3]), "labels range over [0, 10], outside [0, 9]"),
+    "label -1": (with_batch(labels=[0, -1, 3]), "labels range over [-1, 3]"),
+    "float labels": (with_batch(labels=[0.0, 1.0, 2.0]), "b'labels' is not a list of ints"),
+    "2 labels": (with_batch(labels=[0, 1]), "2 labels for 3 images"),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_BATCHES))
+def test_a_broken_batch_is_one_line_naming_the_file_and_the_fix(cifar_root, name):
+    contents, needle = BROKEN_BATCHES[name]
+    path = cifar_root / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(contents)
+    with pytest.raises(ValueError) as info:
+        load_dataset("cifar10", cifar_root, train=True)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(str(path)) and needle in message, message
+    assert message.endswith(f"delete the folder {path.parent} and download CIFAR-10 again")
+    load_dataset("cifar10", cifar_root, train=False)  # the test batch is untouched and still loads
+
+
+def test_cifar100_file_with_cifar10_labels_is_refused(cifar100_root):
+    path = cifar100_root / "cifar-100-python" / "test"
+    path.write_bytes(valid_batch_bytes())  # a CIFAR-10 batch: b"labels", no b"fine_labels"
+    with pytest.raises(ValueError, match=r"lacks the key\(s\) b'fine_labels'.*download CIFAR-100 again"):
+        load_dataset("cifar100", cifar100_root, train=False)
+
+
+# --- Settings are checked before data is loaded, naming the CLI flag ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"dataset": "mnist"},
+            "--dataset mnist: unknown dataset; choose from: cifar10, cifar100, fashion-mnist, synthetic",
+        ),
+        ({"val_size": 5}, "--val-size 5: fewer images than the 10 classes need for a stratified split"),
+        ({"train_size": 9}, "--train-size 9: fewer images than the 10 classes need for a stratified split"),
+        ({"test_size": 0}, "--test-size 0: fewer images than the 10 classes need for a stratified split"),
+        ({"dataset": "cifar100", "val_size": 99}, "--val-size 99: fewer images than the 100 classes need"),
+        ({"labeled_fraction": 0.0}, "--labeled-fraction 0.0: must be in (0, 1]"),
+        ({"labeled_fraction": 1.5}, "--labeled-fraction 1.5: must be in (0, 1]"),
+        ({"labeled_fraction": float("nan")}, "--labeled-fraction nan: must be in (0, 1]"),
+        ({"labeled_fraction": float("inf")}, "--labeled-fraction inf: must be in (0, 1]"),
+    ],
+)
+def test_data_config_validate_names_the_flag(changes, message):
+    cfg = DataConfig(**{"dataset": "synthetic", **changes})
+    with pytest.raises(ValueError) as info:
+        cfg.validate()
+    assert str(info.value).startswith(message), str(info.value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        prepare_data(cfg)  # refused before anything is loaded
+
+
+def test_data_config_validate_accepts_the_smallest_sizes():
+    DataConfig(dataset="synthetic", val_size=10, train_size=10, test_size=10, labeled_fraction=1.0).validate()
+    DataConfig(dataset="cifar100", labeled_fraction=1e-6).validate()
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [  # synthetic: 1200 training images (200 go to validation by default), 400 test images, 10 classes
+        ({"train_size": 1500}, "--train-size 1500: the training split has only 1,000 images after validation"),
+        ({"test_size": 401}, "--test-size 401: the test split has only 400 images"),
+        ({"val_size": 1191}, "--val-size 1191: the training split has only 1,200 images, and a stratified split"),
+        (
+            {"train_size": 995},
+            "--train-size 995: a stratified subset of the 1,000 images in the training split after validation "
+            "leaves out none or at least 10 (one per class); use 1,000 or at most 990",
+        ),
+        ({"val_size": 300, "train_size": 901}, "--train-size 901: the training split has only 900 images after"),
+    ],
+)
+def test_prepare_data_names_the_flag_whose_size_the_splits_lack(sizes, message):
+    with pytest.raises(ValueError) as info:
+        prepare_data(DataConfig(dataset="synthetic", **sizes))
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_prepare_data_default_val_size_larger_than_the_data(cifar_root):
+    with pytest.raises(ValueError) as info:
+        prepare_data(DataConfig(dataset="cifar10", data_dir=str(cifar_root), download=False))
+    assert str(info.value) == (
+        "--val-size 5000 (the default): the training split has only 15 images, and a stratified split must leave "
+        "10 of them (one per class) for training; use at most 5"
+    )
+
+
+def test_prepare_data_sizes_at_the_limits():
+    data = prepare_data(DataConfig(dataset="synthetic", val_size=1190, train_size=10, test_size=400))
+    assert data.sizes() == {"train": 10, "labeled": 10, "val": 1190, "test": 400}
+    data = prepare_data(DataConfig(dataset="synthetic", train_size=1000, test_size=390))  # all / all but 10
+    assert data.sizes() == {"train": 1000, "labeled": 1000, "val": 200, "test": 390}
+
+
+def test_prepare_data_labeled_fraction_near_one_leaves_one_unlabeled_per_class():
+    data = prepare_data(DataConfig(dataset="synthetic", labeled_fraction=0.999))  # 999 of 1000 asked
+    assert data.sizes()["labeled"] == 990
+    true_labels = prepare_data(DataConfig(dataset="synthetic")).train_y
+    assert torch.bincount(true_labels[~data.labeled], minlength=10).tolist() == [1] * 10

@@ -1,21 +1,60 @@
-"""Distillers: the teacher stays frozen (weights, BatchNorm statistics, eval mode), students and adapters learn."""
+"""Distillers: the teacher stays frozen (weights, BatchNorm statistics, eval mode), students and adapters learn,
+and every method's loss is its formula of the logged parts."""
 
 from __future__ import annotations
 
+import copy
+import math
+import re
+from dataclasses import fields
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kd_utils.data import TensorLoader
-from kd_utils.distill import DistillConfig, build_distiller, matched_levels
+from kd_utils.distill import DISTILLERS, DistillConfig, build_distiller, flag, matched_levels
+from kd_utils.losses import CHANNEL_MATCHES, FEATURE_KINDS, dist_loss, dkd_loss, rkd_loss, soft_target_kl
 from kd_utils.models import build_model
 
-TEACHER_METHODS = ("logit", "hidden", "regressor")
+METHODS = tuple(DISTILLERS)
+TEACHER_METHODS = tuple(m for m in METHODS if m != "baseline")
 EXPECTED_PARTS = {
     "baseline": {"ce"},
     "logit": {"ce", "kd"},
     "hidden": {"ce", "feature"},
     "regressor": {"ce", "feature"},
+    "dkd": {"ce", "kd"},
+    "dist": {"ce", "kd"},
+    "at": {"ce", "at"},
+    "rkd": {"ce", "rkd"},
+    "logit+hidden": {"ce", "kd", "feature"},
+    "logit+regressor": {"ce", "kd", "feature"},
+    "hint": {"hint"},
 }
+ADAPTER_METHODS = ("regressor", "logit+regressor", "hint")
+CACHEABLE = {"logit", "hidden", "dkd", "dist", "rkd", "logit+hidden"}  # needs within {logits, pooled}
+# weights away from their defaults (and from 1), so a term weighed by the wrong field shows
+WEIGHTS = dict(alpha=0.3, temperature=2.0, feature_weight=2.5, regressor_weight=7.0, at_weight=30.0)
+
+
+def expected_loss(method: str, p: dict[str, float], cfg: DistillConfig) -> float:
+    """Each method's loss as its formula of the parts and the config weights."""
+    a = cfg.alpha
+    formulas = {
+        "baseline": lambda: p["ce"],
+        "logit": lambda: (1 - a) * p["ce"] + a * p["kd"],
+        "hidden": lambda: p["ce"] + cfg.feature_weight * p["feature"],
+        "regressor": lambda: p["ce"] + cfg.regressor_weight * p["feature"],
+        "dkd": lambda: p["ce"] + p["kd"],
+        "dist": lambda: p["ce"] + p["kd"],
+        "at": lambda: p["ce"] + cfg.at_weight * p["at"],
+        "rkd": lambda: p["ce"] + p["rkd"],
+        "logit+hidden": lambda: (1 - a) * p["ce"] + a * p["kd"] + cfg.feature_weight * p["feature"],
+        "logit+regressor": lambda: (1 - a) * p["ce"] + a * p["kd"] + cfg.regressor_weight * p["feature"],
+        "hint": lambda: p["hint"],  # stage 1 learns the hint alone, unweighted
+    }
+    return formulas[method]()
 
 
 def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,6 +92,14 @@ def one_step(distiller, x, y):
     return loss, logits, parts, params, grads
 
 
+def test_the_tables_here_cover_every_method():
+    assert set(EXPECTED_PARTS) == set(METHODS)
+    assert CACHEABLE < set(METHODS) and set(ADAPTER_METHODS) < set(METHODS)
+
+
+# --- the frozen teacher -------------------------------------------------------------------------------------
+
+
 @pytest.mark.parametrize("teacher_arch", ["teacher_cnn", "resnet18"])
 @pytest.mark.parametrize("method", TEACHER_METHODS)
 def test_teacher_is_frozen_through_a_training_step(method, teacher_arch, batch):
@@ -74,11 +121,11 @@ def test_teacher_is_frozen_through_a_training_step(method, teacher_arch, batch):
         assert p.grad is None, name
     teacher_ids = {id(p) for p in teacher.parameters()}
     assert not any(id(p) in teacher_ids for p in params)
-    assert changed_keys(student_before, student)  # the student learned something
-    student_params_changed = [
-        n for n, p in student.named_parameters() if not torch.equal(p.detach(), student_before[n])
-    ]
-    assert len(student_params_changed) == len(list(student.parameters()))
+    # every trainable student parameter learned (hint: those up to the hint stage; the rest is frozen)
+    frozen = {id(p) for p in getattr(distiller, "frozen", [])}
+    trainable = {n for n, p in student.named_parameters() if id(p) not in frozen}
+    changed = {n for n, p in student.named_parameters() if not torch.equal(p.detach(), student_before[n])}
+    assert trainable and changed == trainable
 
 
 @pytest.mark.parametrize("method", TEACHER_METHODS)
@@ -89,34 +136,10 @@ def test_train_false_and_eval_keep_teacher_in_eval(method):
         assert all(not m.training for m in teacher.modules())
 
 
-def test_regressor_adapters_get_gradients_and_are_optimised(batch):
-    x, y = batch
-    distiller, _, teacher = make("regressor")
-    assert len(distiller.adapters) == len(matched_levels(3, 3)) == 3
-    adapters_before = state_copy(distiller.adapters)
-    _, _, _, params, grads = one_step(distiller, x, y)
-    adapter_ids = {id(p) for p in distiller.adapters.parameters()}
-    assert adapter_ids <= {id(p) for p in params}  # the optimizer over requires_grad params includes them
-    for name, _ in distiller.adapters.named_parameters():
-        g = grads[f"adapters.{name}"]
-        assert g is not None and g.abs().sum() > 0, name
-    changed = changed_keys(adapters_before, distiller.adapters)
-    for name, _ in distiller.adapters.named_parameters():
-        assert name in changed, f"adapter parameter {name} was not updated"
-    # the regressors map student channels onto the matching teacher stage
-    for adapter, (i, j) in zip(distiller.adapters, distiller.pairs):
-        assert adapter.conv.in_channels == distiller.student.feature_channels[i]
-        assert adapter.conv.out_channels == teacher.feature_channels[j]
+# --- parts, formulas, targets -------------------------------------------------------------------------------
 
 
-def test_regressor_adapters_pair_deepest_stages_with_a_deeper_teacher():
-    distiller, student, teacher = make("regressor", "resnet18")
-    assert distiller.pairs == [(0, 1), (1, 2), (2, 3)]
-    assert [a.conv.out_channels for a in distiller.adapters] == teacher.feature_channels[1:]
-    assert [a.conv.in_channels for a in distiller.adapters] == student.feature_channels
-
-
-@pytest.mark.parametrize("method", ["baseline", *TEACHER_METHODS])
+@pytest.mark.parametrize("method", METHODS)
 def test_parts_have_expected_keys_and_are_detached(method, batch):
     x, y = batch
     distiller, _, _ = make(method)
@@ -124,26 +147,90 @@ def test_parts_have_expected_keys_and_are_detached(method, batch):
     loss, logits, parts = distiller(x, y)
     assert set(parts) == EXPECTED_PARTS[method]
     assert logits.shape == (16, 10)
-    assert loss.requires_grad and loss.dim() == 0
+    assert loss.requires_grad and loss.dim() == 0 and torch.isfinite(loss)
     for k, v in parts.items():
         assert not v.requires_grad and v.grad_fn is None, k
         assert v.dim() == 0 and torch.isfinite(v), k
 
 
-def test_logit_loss_combines_parts_with_alpha(batch):
+@pytest.mark.parametrize("method", METHODS)
+def test_loss_is_the_formula_of_its_parts(method, batch):
     x, y = batch
-    distiller, _, _ = make("logit", alpha=0.3, temperature=2.0)
+    distiller, _, _ = make(method, **WEIGHTS)
+    distiller.train()
     loss, _, parts = distiller(x, y)
-    assert loss.item() == pytest.approx(0.7 * parts["ce"].item() + 0.3 * parts["kd"].item(), rel=1e-5)
+    values = {k: v.item() for k, v in parts.items()}
+    assert all(v > 0 for v in values.values())  # every term counts, so a missing or misweighted one shows
+    assert loss.item() == pytest.approx(expected_loss(method, values, distiller.cfg), rel=1e-5)
 
 
-@pytest.mark.parametrize("method", ["hidden", "regressor"])
-def test_feature_loss_combines_parts_with_feature_weight(method, batch):
+@pytest.mark.parametrize("method", ["logit", "dkd", "dist", "rkd", "logit+hidden"])
+def test_parts_read_their_settings_from_the_config(method, batch):
     x, y = batch
-    distiller, _, _ = make(method, feature_weight=2.5)
-    loss, _, parts = distiller(x, y)
-    assert parts["feature"].item() > 0
-    assert loss.item() == pytest.approx(parts["ce"].item() + 2.5 * parts["feature"].item(), rel=1e-5)
+    settings = dict(temperature=2.0, dkd_alpha=0.5, dkd_beta=3.0, dist_beta=2.0, dist_gamma=0.5,
+                    dist_temperature=3.0, rkd_distance_weight=5.0, rkd_angle_weight=7.0)  # fmt: skip
+    distiller, student, teacher = make(method, **settings)
+    cfg = distiller.cfg
+    distiller.train()
+    _, logits, parts = distiller(x, y)
+    with torch.no_grad():
+        t_feats = teacher.forward_features(x)
+        t_logits = teacher.forward_head(t_feats[-1])
+        if method in ("logit", "logit+hidden"):
+            expected = soft_target_kl(logits, t_logits, cfg.temperature)
+        elif method == "dkd":
+            expected = dkd_loss(logits, t_logits, y, cfg.dkd_alpha, cfg.dkd_beta, cfg.temperature)
+        elif method == "dist":
+            expected = dist_loss(logits, t_logits, cfg.dist_beta, cfg.dist_gamma, cfg.dist_temperature)
+        else:  # rkd: globally pooled last stages; the teacher's rounded through float16 like every pooled target
+            s_embed = F.adaptive_avg_pool2d(student.forward_features(x)[-1], 1).flatten(1)
+            t_embed = F.adaptive_avg_pool2d(t_feats[-1], 1).half().float().flatten(1)
+            expected = rkd_loss(s_embed, t_embed, cfg.rkd_distance_weight, cfg.rkd_angle_weight)
+    key = "rkd" if method == "rkd" else "kd"
+    torch.testing.assert_close(parts[key], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_passed_targets_give_exactly_the_inline_result(method, batch):
+    x, y = batch
+    distiller, _, _ = make(method)
+    distiller.train()  # batch statistics: a second forward sees the same normalisation
+    targets = distiller.teacher_targets(x)
+    assert set(targets) == set(distiller.needs)
+    loss_inline, logits_inline, parts_inline = distiller(x, y)
+    loss_passed, logits_passed, parts_passed = distiller(x, y, targets)
+    assert torch.equal(loss_inline, loss_passed)
+    assert torch.equal(logits_inline, logits_passed)
+    assert parts_inline.keys() == parts_passed.keys()
+    for k in parts_inline:
+        assert torch.equal(parts_inline[k], parts_passed[k]), k
+    for value in targets.values():
+        for t in value if isinstance(value, list) else [value]:
+            assert not t.requires_grad
+    for t in targets.get("pooled", []):
+        assert t.shape[2:] == (distiller.pool_size, distiller.pool_size)
+        assert torch.equal(t.half().float(), t)  # the cache stores pooled maps at float16 precision
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cacheable_exactly_when_the_targets_are_logits_and_pooled_maps(method):
+    distiller, _, _ = make(method)
+    assert distiller.cacheable == (method in CACHEABLE)
+    assert distiller.cacheable == (bool(distiller.needs) and set(distiller.needs) <= {"logits", "pooled"})
+
+
+def test_target_specs_name_what_is_stored():
+    specs = {m: make(m)[0].target_spec() for m in sorted(CACHEABLE)}
+    assert specs == {
+        "logit": "logits",
+        "dkd": "logits",  # the same logits as logit KD: one file serves both
+        "dist": "logits",
+        "hidden": "pooled1_l0-1-2",
+        "rkd": "pooled1_l2",  # the last stage, globally pooled
+        "logit+hidden": "logits+pooled1_l0-1-2",
+    }
+    assert make("hidden", spatial_size=2)[0].target_spec() == "pooled2_l0-1-2"
+    assert make("hidden", "resnet18")[0].target_spec() == "pooled1_l1-2-3"
 
 
 def test_hidden_level_weights_select_levels(batch):
@@ -155,19 +242,171 @@ def test_hidden_level_weights_select_levels(batch):
     assert 0 < last < total
 
 
+# --- adapters and FitNets stage 1 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("teacher_arch", ["teacher_cnn", "resnet18"])
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_adapters_get_gradients_and_are_optimised(method, teacher_arch, batch):
+    x, y = batch
+    distiller, student, teacher = make(method, teacher_arch)
+    expected_pairs = matched_levels(3, len(teacher.feature_channels))
+    if method == "hint":  # the middle student stage and its teacher partner
+        expected_pairs = [p for p in expected_pairs if p[0] == 1]
+    assert distiller.pairs == expected_pairs
+    assert len(distiller.adapters) == len(expected_pairs)
+    # sized from the metadata: student stage channels in, the paired teacher stage's channels out
+    for adapter, (i, j) in zip(distiller.adapters, distiller.pairs):
+        assert adapter.conv.in_channels == student.feature_channels[i]
+        assert adapter.conv.out_channels == teacher.feature_channels[j]
+
+    adapters_before = state_copy(distiller.adapters)
+    _, _, _, params, grads = one_step(distiller, x, y)
+    assert {id(p) for p in distiller.adapters.parameters()} <= {id(p) for p in params}  # the optimiser has them
+    changed = changed_keys(adapters_before, distiller.adapters)
+    for name, _ in distiller.adapters.named_parameters():
+        g = grads[f"adapters.{name}"]
+        assert g is not None and g.abs().sum() > 0, name
+        assert name in changed, f"adapter parameter {name} was not updated"
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m not in ADAPTER_METHODS])
+def test_other_methods_have_no_adapters(method):
+    distiller, _, _ = make(method)
+    assert list(distiller.adapters.parameters()) == []
+
+
+def test_regressor_adapters_pair_deepest_stages_with_a_deeper_teacher():
+    distiller, student, teacher = make("regressor", "resnet18")
+    assert distiller.pairs == [(0, 1), (1, 2), (2, 3)]
+    assert [a.conv.out_channels for a in distiller.adapters] == teacher.feature_channels[1:]
+    assert [a.conv.in_channels for a in distiller.adapters] == student.feature_channels
+
+
+def student_names(distiller, params) -> set[str]:
+    ids = {id(p) for p in params}
+    return {n for n, p in distiller.student.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize(
+    ("hint_level", "trained_stages"), [(None, ("stages.0.", "stages.1.")), (0, ("stages.0.",)), (2, None)]
+)
+def test_hint_trains_the_student_up_to_the_hint_stage_only(hint_level, trained_stages, batch):
+    x, y = batch
+    distiller, student, _ = make("hint", hint_level=hint_level)
+    names = [n for n, _ in student.named_parameters()]
+    if trained_stages is None:  # the last stage: only the head is left out
+        trained_stages = ("stages.",)
+    early = {n for n in names if n.startswith(trained_stages)}
+    late = set(names) - early
+    assert early and late and any(n.startswith("head.") for n in late)
+    assert student_names(distiller, distiller.frozen) == late
+    assert student_names(distiller, [p for p in student.parameters() if p.requires_grad]) == early
+    assert all(p.requires_grad for p in distiller.adapters.parameters())
+
+    before = state_copy(student)
+    loss, _, parts, params, grads = one_step(distiller, x, y)
+    assert torch.equal(loss.detach(), parts["hint"])
+    assert student_names(distiller, params) == early
+    for n, p in student.named_parameters():
+        if n in late:
+            assert grads[f"student.{n}"] is None, n
+            assert torch.equal(p.detach(), before[n]), f"frozen {n} moved"
+        else:
+            assert grads[f"student.{n}"] is not None and grads[f"student.{n}"].abs().sum() > 0, n
+            assert not torch.equal(p.detach(), before[n]), f"{n} did not learn"
+
+
+def test_hint_level_without_a_stage_is_refused():
+    with pytest.raises(ValueError, match=r"--hint-level 3: the student has stages 0\.\.2"):
+        make("hint", hint_level=3)
+
+
+def test_unfreezing_after_hint_gives_the_whole_student_back():
+    """What the fitnets experiment does between its stages (stage 2 is logit KD of the whole student)."""
+    distiller, student, teacher = make("hint")
+    for p in distiller.frozen:
+        p.requires_grad_(True)
+    stage2 = build_distiller("logit", student, teacher)
+    assert all(p.requires_grad for p in stage2.student.parameters())
+
+
+# --- configuration and construction -------------------------------------------------------------------------
+
+FLOAT_FIELDS = [f.name for f in fields(DistillConfig) if isinstance(f.default, float)]
+
+
+def test_float_fields_are_the_expected_ones():
+    assert {"alpha", "temperature", "feature_weight", "regressor_weight", "at_weight"} <= set(FLOAT_FIELDS)
+    assert len(FLOAT_FIELDS) == 13
+
+
+def test_default_and_boundary_configs_validate():
+    DistillConfig().validate()
+    DistillConfig(alpha=0.0, feature_weight=0.0, regressor_weight=0.0, dkd_beta=0.0, hint_level=0).validate()
+    DistillConfig(alpha=1.0, level_weights=(0.0, 1.0, 2.0), spatial_size=1, hint_epochs=1).validate()
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_validate_refuses_non_finite_floats_naming_the_flag(name, value):
+    cfg = DistillConfig(**{name: value})
+    with pytest.raises(ValueError, match=rf"^--{re.escape(flag(name))} {value}: must be a finite number$"):
+        cfg.validate()
+
+
+def test_validate_refuses_non_finite_level_weights():
+    with pytest.raises(ValueError, match=r"^--level-weights \(1\.0, nan\): must be a finite number$"):
+        DistillConfig(level_weights=(1.0, math.nan)).validate()
+
+
+NONNEGATIVE = ("feature_weight", "regressor_weight", "dkd_alpha", "dkd_beta", "dist_beta", "dist_gamma",
+               "at_weight", "rkd_distance_weight", "rkd_angle_weight")  # fmt: skip
+OUT_OF_RANGE = [
+    ("alpha", 1.5, "must be in [0, 1]"),
+    ("alpha", -0.1, "must be in [0, 1]"),
+    ("temperature", 0.0, "must be > 0"),
+    ("temperature", -1.0, "must be > 0"),
+    ("dist_temperature", 0.0, "must be > 0"),
+    ("at_p", 0.0, "must be >= 1"),  # |F|^p with p < 1 has an infinite gradient at 0
+    ("at_p", 0.5, "must be >= 1"),
+    ("spatial_size", 0, "must be >= 1"),
+    ("hint_epochs", 0, "must be >= 1"),
+    ("hint_level", -1, "must be >= 0"),
+    ("feature_kind", "l1", f"choose from: {', '.join(FEATURE_KINDS)}"),
+    ("channel_match", "nearest", f"choose from: {', '.join(CHANNEL_MATCHES)}"),
+    ("level_weights", (1.0, -1.0), "must all be >= 0"),
+    *[(name, -1.0, "must be >= 0") for name in NONNEGATIVE],
+]
+
+
+@pytest.mark.parametrize(("name", "value", "rule"), OUT_OF_RANGE, ids=[f"{n}={v}" for n, v, _ in OUT_OF_RANGE])
+def test_validate_refuses_out_of_range_values_naming_the_flag(name, value, rule):
+    with pytest.raises(ValueError, match=f"^{re.escape(f'--{flag(name)} {value}: {rule}')}"):
+        DistillConfig(**{name: value}).validate()
+
+
+def test_validate_message_examples():
+    with pytest.raises(ValueError, match=r"^--temperature inf: must be a finite number$"):
+        DistillConfig(temperature=math.inf).validate()
+    with pytest.raises(ValueError, match=r"^--alpha 1\.5: must be in \[0, 1\]$"):
+        DistillConfig(alpha=1.5).validate()
+
+
 def test_build_distiller_errors():
     student, teacher = build_model("student_cnn"), build_model("teacher_cnn")
-    with pytest.raises(ValueError, match="unknown method 'fitnets'") as info:
-        build_distiller("fitnets", student, teacher)
-    assert "baseline" in str(info.value) and "regressor" in str(info.value)
+    with pytest.raises(ValueError, match="unknown method 'no_such_method'") as info:
+        build_distiller("no_such_method", student, teacher)
+    assert str(info.value).endswith("choose from: " + ", ".join(METHODS))
     for method in TEACHER_METHODS:
-        with pytest.raises(ValueError, match="needs a teacher"):
+        with pytest.raises(ValueError, match=f"method '{re.escape(method)}' needs a teacher"):
             build_distiller(method, student, None)
 
 
 def test_baseline_ignores_a_teacher():
     distiller = build_distiller("baseline", build_model("student_cnn"), build_model("teacher_cnn"))
     assert distiller.teacher is None
+    assert distiller.needs == () and distiller.teacher_targets(torch.zeros(2, 3, 16, 16)) == {}
     assert all(p.requires_grad for p in distiller.parameters())
 
 
@@ -177,3 +416,45 @@ def test_matched_levels_pairs_from_the_deepest_stage():
     assert matched_levels(4, 3) == [(1, 0), (2, 1), (3, 2)]
     assert matched_levels(2, 5) == [(0, 3), (1, 4)]
     assert matched_levels(1, 1) == [(0, 0)]
+
+
+# --- the original script's timm pair ------------------------------------------------------------------------
+
+TIMM_TEACHER, TIMM_STUDENT = "timm:efficientnet_b0", "timm:mobilenetv3_small_100"
+
+
+@pytest.fixture(scope="module")
+def timm_teachers():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return {c: build_model(TIMM_TEACHER, in_channels=c, num_classes=10) for c in (3, 1)}
+
+
+def timm_step(method: str, teacher, channels: int, size: int):
+    torch.manual_seed(1)
+    student = build_model(TIMM_STUDENT, in_channels=channels, num_classes=10)
+    distiller = build_distiller(method, student, teacher)
+    assert (distiller.teacher is None) == (method == "baseline")
+    teacher.eval()  # the baseline leaves the shared teacher alone; it must still be unchanged
+    x, y = torch.randn(4, channels, size, size), torch.randint(0, 10, (4,))
+    teacher_before, student_before = state_copy(teacher), state_copy(student)
+    loss, logits, parts, _, _ = one_step(distiller, x, y)
+    assert torch.isfinite(loss) and logits.shape == (4, 10)
+    assert set(parts) == EXPECTED_PARTS[method]
+    assert all(torch.isfinite(v) for v in parts.values())
+    assert changed_keys(teacher_before, teacher) == []
+    assert all(not m.training for m in teacher.modules())
+    assert changed_keys(student_before, student)
+    for adapter, (i, j) in zip(distiller.adapters, distiller.pairs):
+        assert adapter.conv.in_channels == student.feature_channels[i]
+        assert adapter.conv.out_channels == teacher.feature_channels[j]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_timm_pair_trains_one_step_of_every_method(method, timm_teachers):
+    timm_step(method, timm_teachers[3], channels=3, size=32)
+
+
+@pytest.mark.parametrize("method", ["hint", "logit+regressor"])
+def test_timm_pair_one_channel_28px(method, timm_teachers):
+    timm_step(method, timm_teachers[1], channels=1, size=28)

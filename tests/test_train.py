@@ -173,8 +173,8 @@ class NaNFromCall(Distiller):
         super().__init__(student)
         self.start, self.calls, self.watch, self.snapshot = start, 0, watch, None
 
-    def forward(self, x, y):
-        loss, logits, parts = super().forward(x, y)
+    def forward(self, x, y, targets=None):
+        loss, logits, parts = super().forward(x, y, targets)
         self.calls += 1
         if self.calls >= self.start:
             if self.snapshot is None:

@@ -1,0 +1,184 @@
+"""One configuration for an experiment: the data, training and distillation configs composed, plus the
+teacher/student choices. Every default is stated once, in its dataclass; the CLI flags, the ``--config`` TOML
+file and the notebooks' parameters all map onto these fields.
+
+Flags are the field names with dashes (``level_weights`` -> ``--level-weights``); the data split's seed is
+``--split-seed`` (``--seed`` is the training seed: weight init, batch order, augmentation). A record's
+``config`` (``asdict``) converts back with ``from_dict`` and to a replayable TOML file with ``to_toml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .data import DataConfig
+from .distill import DistillConfig
+from .train import TrainConfig
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
+RENAMED = {("data", "seed"): "split_seed"}  # fields whose flag is not their name (two sections have `seed`)
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)  # dataset, split, label fraction
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation of every student (and the teacher)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # every method's loss settings
+    teacher: str = "teacher_cnn"  # teacher architecture: a kd_utils model, timm:NAME or tv:NAME
+    student: str = "student_cnn"  # student architecture
+    teacher_epochs: int = 30  # the teacher's epochs (its other training settings are the students')
+    teacher_random_erasing: float = 0.0  # the teacher's random-erasing probability (students: --random-erasing)
+    teacher_checkpoint: str | None = None  # use these teacher weights instead of training one
+    student_checkpoint: str | None = None  # start students from these weights instead of random init
+    checkpoint_dir: str = "checkpoints"  # teacher/baseline cache, run checkpoints, stored teacher outputs
+    resume: bool = False  # continue interrupted runs from their last.pt
+    allow_weak_teacher: bool = False  # distil even from a teacher near chance level
+    fuse_teacher_bn: bool = True  # distil from a BN-folded copy of the teacher: same outputs, faster forward
+    teacher_cache: bool = True  # store each epoch's teacher logits/pooled maps once per data stream and reuse them
+    tensorboard: str | None = None  # write per-epoch scalars under this folder (needs the tensorboard package)
+
+    def teacher_train_config(self) -> TrainConfig:
+        return replace(self.train, epochs=self.teacher_epochs, random_erasing=self.teacher_random_erasing)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the flag of the first bad setting; loads nothing, trains nothing."""
+        self.data.validate()
+        self.train.validate()
+        self.distill.validate()
+        if not math.isfinite(self.teacher_random_erasing) or not 0 <= self.teacher_random_erasing <= 1:
+            raise ValueError(f"--teacher-random-erasing {self.teacher_random_erasing}: must be a probability in [0, 1]")
+        if self.teacher_epochs < 1:
+            raise ValueError(f"--teacher-epochs {self.teacher_epochs}: must be >= 1")
+
+
+# --- flags ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str  # long option without dashes' prefix, e.g. "level-weights"
+    section: str | None  # "data" | "train" | "distill" | None (a field of ExperimentConfig itself)
+    attr: str  # the dataclass field
+    type: str  # the annotation as written, e.g. "int | None"
+    default: object
+
+
+def flag_table() -> list[Flag]:
+    """Every configurable field as a flag, in the dataclasses' order."""
+    defaults = ExperimentConfig()
+    table = []
+    for f in fields(ExperimentConfig):
+        if f.name in SECTIONS:
+            for g in fields(SECTIONS[f.name]):
+                name = RENAMED.get((f.name, g.name), g.name).replace("_", "-")
+                table.append(Flag(name, f.name, g.name, str(g.type), getattr(getattr(defaults, f.name), g.name)))
+        else:
+            table.append(Flag(f.name.replace("_", "-"), None, f.name, str(f.type), getattr(defaults, f.name)))
+    return table
+
+
+FLAGS = {flag.name: flag for flag in flag_table()}
+
+
+def to_flags(cfg: ExperimentConfig) -> dict[str, object]:
+    """``{flag name: value}`` for every field."""
+    return {
+        name: getattr(getattr(cfg, f.section) if f.section else cfg, f.attr) for name, f in FLAGS.items()
+    }
+
+
+def from_flags(values: dict[str, object]) -> ExperimentConfig:
+    """An ``ExperimentConfig`` from ``{flag name: value}`` (missing flags keep their defaults)."""
+    unknown = set(values) - set(FLAGS)
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; see --help for the option names")
+    parts: dict[str | None, dict] = {s: {} for s in (*SECTIONS, None)}
+    for name, value in values.items():
+        f = FLAGS[name]
+        parts[f.section][f.attr] = tuple(value) if isinstance(value, list) else value
+    return ExperimentConfig(**{s: SECTIONS[s](**parts[s]) for s in SECTIONS}, **parts[None])
+
+
+def from_dict(config: dict) -> ExperimentConfig:
+    """Rebuild the config saved in a results record (``asdict`` layout)."""
+    values = {}
+    for name, f in FLAGS.items():
+        holder = config.get(f.section, {}) if f.section else config
+        if f.attr in holder:
+            values[name] = holder[f.attr]
+    return from_flags(values)
+
+
+def check_type(name: str, value: object) -> object:
+    """A value read from TOML, checked against its flag's annotation (ints are accepted for floats)."""
+    kind = FLAGS[name].type
+    if value is None or (isinstance(value, str) and kind.startswith("str")):
+        return value
+    if kind.startswith("tuple") and isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+        return tuple(float(v) for v in value)
+    if kind.startswith("bool") and isinstance(value, bool):
+        return value
+    if kind.startswith("int") and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind.startswith("float") and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"'{name} = {json.dumps(value)}' has the wrong type; expected {kind}")
+
+
+def read_toml(path: str | Path) -> dict[str, object]:
+    """``{flag name: value}`` from a TOML file whose keys are long option names (dashes or underscores).
+
+    The keys ``experiment``, ``seeds`` and ``final-epochs`` (run options, not config fields) pass through.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, IsADirectoryError) as err:
+        raise ValueError(f"--config {path}: not a TOML file ({err})") from None
+    values = {}
+    for key, value in raw.items():
+        name = key.replace("_", "-")
+        if name in RUN_OPTIONS:
+            values[name] = value
+        elif name in FLAGS:
+            values[name] = check_type(name, value)
+        else:
+            raise ValueError(f"--config {path}: unknown key '{key}'; keys are the long option names of `run --help`")
+    return values
+
+
+RUN_OPTIONS = ("experiment", "seeds", "final-epochs")
+
+
+def to_toml(values: dict[str, object]) -> str:
+    """TOML text for ``{flag name: value}``; None values (the "not set" default) are left out."""
+    lines = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value) if math.isfinite(value) else str(value)
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, tuple | list):
+            text = "[" + ", ".join(repr(v) for v in value) + "]"
+        else:
+            raise ValueError(f"cannot write {name} = {value!r} as TOML")
+        lines.append(f"{name} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def record_to_toml(record: dict) -> str:
+    """The settings of a results record as a ``--config`` file that replays the run exactly."""
+    cfg = from_dict(record["config"])
+    seed_note = f"# replays run '{record.get('name', record['experiment'])}' of {record.get('timestamp', '?')}\n"
+    return seed_note + to_toml({"experiment": record["experiment"], **to_flags(cfg)})
+
