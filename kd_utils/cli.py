@@ -20,6 +20,7 @@ from .experiments import EXPERIMENT_ALIASES, EXPERIMENTS, FINAL_EPOCHS, STUDENT_
 from .models import list_models
 from .report import render_report
 from .results import check_results_path, load_runs
+from .sweep import add_sweep_parser, run_sweep
 from .train import OPTIMIZERS, PRECISIONS, SCHEDULES, NonFiniteLossError
 
 EXPERIMENT_CHOICES = (*EXPERIMENTS, "all", "study", *EXPERIMENT_ALIASES)
@@ -177,6 +178,8 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     export.add_argument("--run", default=None, help="run name (e.g. logit, final); default: the last record")
     export.add_argument("--seed", type=int, default=None, help="the record of this training seed")
     export.add_argument("--output", "-o", default=None, help="write here instead of stdout")
+    sweep = add_sweep_parser(sub)
+    sweep.add_argument("--config", metavar="FILE", help="TOML file of settings (keys: the long option names); flags win")
     return parser  # fmt: skip
 
 
@@ -185,15 +188,15 @@ def experiments_from_arg(name: str) -> list[str]:
     return ["teacher", "baseline", *STUDENT_METHODS] if name in ("all", "study") else [name]
 
 
-def parse_run_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Parse ``run`` arguments with the ``--config`` file's values as defaults, so flags override it."""
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``run``/``sweep`` arguments with the ``--config`` file's values as defaults, so flags override it."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv[1:])
-    run_parser = parser._subparsers._group_actions[0].choices["run"]  # noqa: SLF001 - argparse offers no getter
+    command = parser._subparsers._group_actions[0].choices[argv[0]]  # noqa: SLF001 - argparse offers no getter
     if known.config:
         values = read_toml(known.config)  # ValueError -> exit 2 in main
-        run_parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
+        command.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
     return parser.parse_args(argv)
 
 
@@ -222,7 +225,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = get_args_parser(prog)
     try:
-        args = parse_run_args(parser, argv) if argv[:1] == ["run"] else parser.parse_args(argv)
+        with_config = argv[:1] in (["run"], ["sweep"])
+        args = parse_args_with_config(parser, argv) if with_config else parser.parse_args(argv)
     except ValueError as err:
         return fail(parser.prog, str(err), 2)
     try:
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             text = export_config(args)
             if not args.output:
                 print(text, end="")
+        elif args.command == "sweep":
+            run_sweep(args)
     except (ValueError, FileNotFoundError, TimeoutError) as err:
         return fail(parser.prog, str(err), 2)
     except NonFiniteLossError as err:

@@ -29,6 +29,7 @@ from .losses import (
     dkd_loss,
     hidden_state_loss,
     kd_loss,
+    level_weights,
     masked_cross_entropy,
     regressor_loss,
     rkd_loss,
@@ -277,7 +278,7 @@ class AttentionDistiller(Distiller):
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        weights = self.cfg.level_weights or (1.0,) * len(self.pairs)
+        weights = level_weights(self.cfg.level_weights, len(self.pairs))
         levels = zip(weights, self.student_levels(feats), targets["maps"])
         at = sum(w * attention_transfer_loss([s], [t], p=self.cfg.at_p) for w, s, t in levels)
         return ce + self.cfg.at_weight * at, {"ce": ce, "at": at}

@@ -150,6 +150,15 @@ def encode_predictions(predictions: torch.Tensor) -> str:
     return base64.b64encode(predictions.numpy().astype(dtype).tobytes()).decode()
 
 
+def encode_correct(correct: torch.Tensor) -> str:
+    """Per-image correctness as base64 of packed bits (10,000 images in ~1.7 kB): what McNemar's test needs."""
+    return base64.b64encode(np.packbits(correct.numpy().astype(bool)).tobytes()).decode()
+
+
+def decode_correct(text: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
+
+
 def decode_predictions(text: str, n: int) -> np.ndarray:
     raw = base64.b64decode(text)
     return np.frombuffer(raw, dtype=np.uint8 if len(raw) == n else np.uint16).astype(np.int64)
@@ -162,6 +171,7 @@ def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> d
     predictions = infer(model.to(device), loader, resolve_precision(cfg.train.precision, device)).argmax(1)
     metrics = classification_metrics(data.test_y, predictions, data.info.classes)
     metrics["predictions"] = encode_predictions(predictions)
+    metrics["correct"] = encode_correct(predictions == data.test_y)
     return metrics
 
 
@@ -255,17 +265,19 @@ def train_experiment(
     teacher: FrozenTeacher | None = None,
     log: Callable[[str], None] | None = print,
     name: str | None = None,
+    test: bool = True,
 ) -> tuple[nn.Module, dict]:
     """Train one experiment (teacher, baseline or a distillation method); returns the model and its record.
 
     A teacher or baseline whose run finished before (same settings) is loaded from its cache instead.
     ``name`` labels the record (default: the experiment), e.g. "final" for the long run of a method.
+    ``test=False`` leaves the test set unread (sweep trials: selection sees validation only).
     """
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment '{experiment}'; choose from: {', '.join(EXPERIMENTS)}")
     if experiment not in ("teacher", "baseline") and teacher is None:
         raise ValueError(f"experiment '{experiment}' needs a teacher (prepare_teacher)")
-    name = name or experiment
+    name = labels_suffix(name or experiment, cfg.data.labeled_fraction)
     folder = run_dir(cfg, experiment, teacher)
     record_path = folder / "run.json"
     if experiment in ("teacher", "baseline") and record_path.exists() and (folder / "best.pt").exists():
@@ -292,18 +304,25 @@ def train_experiment(
         "seconds": result.seconds,
         "time_to_target": time_to_accuracy(result.history, data.info.target_accuracy),
         "did_not_learn": did_not_learn(result.history, data.info.num_classes),
-        "test": test_metrics(model, data, cfg),
         "environment": environment(cfg),
         "started": started,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    last = last_epoch_model(model, folder)
-    record["test_last"] = test_metrics(last, data, cfg) if last is not None else record["test"]
+    if test:
+        record["test"] = test_metrics(model, data, cfg)
+        last = last_epoch_model(model, folder)
+        record["test_last"] = test_metrics(last, data, cfg) if last is not None else record["test"]
     if teacher is not None and experiment != "teacher":
         record["teacher"] = teacher.identity()
     if experiment in ("teacher", "baseline"):
         atomic_write(record_path, json.dumps(record, indent=1))
     return model, record
+
+
+def labels_suffix(name: str, labeled_fraction: float) -> str:
+    """Run names carry the label budget when it is not all labels ("baseline@10%labels"), so runs of
+    different budgets are never pooled or paired across budgets."""
+    return name if labeled_fraction >= 1 else f"{name}@{100 * labeled_fraction:g}%labels"
 
 
 def load_cached_run(experiment, cfg, data, folder, log, name) -> tuple[nn.Module, dict]:
@@ -414,6 +433,8 @@ def run_study(
     teacher = None
     if needs_teacher and not teacher_per_seed:
         teacher = prepare_teacher(replace(cfg, train=replace(cfg.train, seed=seeds[0])), data, log)
+    check_resumable_runs(cfg, seeds, ["baseline", *methods], teacher, final_epochs)  # before anything is appended
+    if teacher is not None:
         done(teacher.record)
     per_method: dict[str, list[dict]] = {m: [] for m in methods}
     for seed in seeds:
@@ -436,6 +457,22 @@ def run_study(
             done(train_experiment("baseline", long_cfg, data, log=log, name="final-baseline")[1])
             done(train_experiment(best, long_cfg, data, teacher, log, name="final")[1])
     return records
+
+
+def check_resumable_runs(cfg, seeds, experiments, teacher, final_epochs) -> None:
+    """With ``resume``, every ``last.pt`` the study will resume from must load; a damaged one is reported now,
+    before any record is appended, rather than halfway through the study."""
+    if not cfg.resume:
+        return
+    lengths = [cfg.train.epochs] + ([final_epochs] if final_epochs else [])
+    for seed in seeds:
+        for epochs in lengths:
+            run_cfg = replace(cfg, train=replace(cfg.train, seed=seed, epochs=epochs))
+            for experiment in experiments:
+                folder = run_dir(run_cfg, experiment, teacher if experiment != "baseline" else None)
+                for last in (folder / "last.pt", folder / "hint" / "last.pt"):
+                    if last.exists():
+                        load_checkpoint_file(last)
 
 
 def format_metrics(record: dict) -> str:

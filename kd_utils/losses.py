@@ -180,7 +180,7 @@ def dist_loss(
     return temperature**2 * (beta * inter + gamma * intra)
 
 
-def _level_weights(weights: Sequence[float] | None, n_levels: int) -> list[float]:
+def level_weights(weights: Sequence[float] | None, n_levels: int) -> list[float]:
     if weights is None:
         return [1.0] * n_levels
     weights = list(weights)
@@ -234,9 +234,9 @@ def hidden_state_loss(
     if spatial_size < 1:
         raise ValueError(f"spatial_size must be >= 1, got {spatial_size}")
     _check_levels(student_feats, teacher_feats)
-    level_weights = _level_weights(weights, len(student_feats))
+    per_level = level_weights(weights, len(student_feats))
     total = student_feats[0].new_zeros((), dtype=torch.float32)
-    for w, s, t in zip(level_weights, student_feats, teacher_feats):
+    for w, s, t in zip(per_level, student_feats, teacher_feats):
         s = F.adaptive_avg_pool2d(s.float(), spatial_size)
         t = F.adaptive_avg_pool2d(t.float(), spatial_size)
         c = min(s.shape[1], t.shape[1])
@@ -315,9 +315,9 @@ def regressor_loss(
     _check_levels(student_feats, teacher_feats)
     if len(regressors) != len(student_feats):
         raise ValueError(f"{len(regressors)} regressors for {len(student_feats)} levels; give one per level")
-    level_weights = _level_weights(weights, len(student_feats))
+    per_level = level_weights(weights, len(student_feats))
     total = student_feats[0].new_zeros((), dtype=torch.float32)
-    for i, (w, r, s, t) in enumerate(zip(level_weights, regressors, student_feats, teacher_feats)):
+    for i, (w, r, s, t) in enumerate(zip(per_level, regressors, student_feats, teacher_feats)):
         projected = r(s)
         if projected.shape[1] != t.shape[1]:
             raise ValueError(

@@ -160,3 +160,43 @@ def confusion_heatmap(
     ax.tick_params(axis="y", rotation=0)  # seaborn turns row labels vertical when few classes leave room
     fig.tight_layout()
     return fig
+
+
+def interval_bars(rows: list[tuple[str, float, float | None]], xlabel: str, title: str = "", ax=None) -> plt.Figure:
+    """Horizontal bars of ``(name, mean, half width of the 95% interval or None)``, error bars where known.
+
+    The axis is zoomed like ``per_class_chart`` (the label says where it starts) and a dashed line marks the
+    first row (the labels-only baseline), so a bar whose interval crosses it shows no reliable difference.
+    """
+    fig, ax = _figure_and_axes(ax, (7, 0.45 * len(rows) + 1.2))
+    names = [r[0] for r in rows]
+    means = np.array([r[1] for r in rows])
+    errors = np.array([r[2] if r[2] is not None else 0.0 for r in rows])
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, means, xerr=errors, color=sns.color_palette("tab10", len(rows)), capsize=3, height=0.6)
+    low, high = zoom_limits(np.concatenate([means - errors, means + errors]), margin=0.01)
+    ax.axvline(means[0], color="0.3", linestyle="--", linewidth=1)
+    ax.set_yticks(y, names)
+    label = xlabel if low == 0 else f"{xlabel} (axis starts at {low:.2f}, not 0)"
+    ax.set(xlim=(low, high), xlabel=label, title=title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def per_class_heatmap(values: dict[str, list[float]], classes: Sequence[str], title: str = "", ax=None) -> plt.Figure:
+    """Runs (rows) x classes (columns), each cell that run's mean per-class F1, with a colour bar.
+
+    The colour scale spans the data's range (``zoom_limits``), so the few-hundredths differences between
+    methods show; each cell is annotated with its value.
+    """
+    names = list(values)
+    matrix = np.array([values[n] for n in names])
+    fig, ax = _figure_and_axes(ax, (max(8, len(classes) * 0.95), 0.45 * len(names) + 1.8))
+    low, high = zoom_limits(matrix.ravel(), margin=0.0)
+    sns.heatmap(matrix, annot=True, fmt=".3f", cmap="viridis", vmin=low, vmax=high, xticklabels=classes,
+                yticklabels=names, ax=ax, cbar_kws={"label": "F1"}, annot_kws={"fontsize": 7})  # fmt: skip
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
+    ax.set(title=title)
+    fig.tight_layout()
+    return fig

@@ -15,26 +15,53 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from scipy import stats as sps
 
 from . import plots
 from .data import dataset_info
+from .experiments import STUDENT_METHODS, decode_correct
 from .results import load_runs
+from .stats import PairedGain, holm, mcnemar, mean_std, paired_gain
 
-RUN_ORDER = ("teacher", "baseline", "logit", "hidden", "regressor", "final")
+RUN_ORDER = ("teacher", "baseline", *STUDENT_METHODS, "final-baseline", "final")
 
 
 def run_name(record: dict) -> str:
     return record.get("name") or record["experiment"]
 
 
+def record_seed(record: dict) -> int:
+    """The training seed (nested config) or the one seed of older flat records."""
+    config = record.get("config") or {}
+    return config.get("train", {}).get("seed", config.get("seed", 0))
+
+
+def record_epochs(record: dict) -> int | None:
+    config = record.get("config") or {}
+    return config.get("train", {}).get("epochs", config.get("epochs"))
+
+
+def ordered(names) -> list[str]:
+    """Run names in the study's order; names outside it (e.g. a sweep's "logit-tuned") after, as they came."""
+    names = list(dict.fromkeys(names))
+    return [n for n in RUN_ORDER if n in names] + [n for n in names if n not in RUN_ORDER]
+
+
+def group_runs(records: list[dict]) -> dict[str, dict[int, dict]]:
+    """``{run name: {seed: record}}``, the most recent record of each (name, seed) (later records win)."""
+    latest: dict[str, dict[int, dict]] = {}
+    for r in records:
+        latest.setdefault(run_name(r), {})[record_seed(r)] = r
+    return {name: dict(sorted(latest[name].items())) for name in ordered(latest)}
+
+
 def latest_runs(records: list[dict]) -> dict[str, dict]:
-    """The most recent record of each run name, in the study's order (later records win)."""
-    latest = {run_name(r): r for r in records}
-    return {name: latest[name] for name in RUN_ORDER if name in latest}
+    """One record per run name, in the study's order: the latest record of its lowest seed."""
+    return {name: seeds[min(seeds)] for name, seeds in group_runs(records).items()}
 
 
 def label(name: str, record: dict) -> str:
-    return f"final ({record['experiment']}, {record['config']['epochs']} ep)" if name == "final" else name
+    return f"final ({record['experiment']}, {record_epochs(record)} ep)" if name == "final" else name
 
 
 def metric_rows(runs: dict[str, dict]) -> list[dict]:
@@ -136,6 +163,41 @@ FIGURES: dict[str, Callable[[dict[str, dict]], plt.Figure | None]] = {
 }
 
 
+def methods_f1_figure(grouped: dict[str, dict[int, dict]]) -> plt.Figure | None:
+    """Macro F1 of every student run, mean over seeds with its 95% t-interval (none for one seed)."""
+    rows = []
+    for name, seeds in grouped.items():
+        if name == "teacher":
+            continue
+        values = [r["test"]["f1"] for r in seeds.values()]
+        mean, std = mean_std(values)
+        half = None if std is None else float(sps.t.ppf(0.975, len(values) - 1)) * std / len(values) ** 0.5
+        rows.append((f"{label(name, seeds[min(seeds)])} (n={len(values)})", mean, half))
+    if len(rows) < 2:
+        return None
+    some = {n: s[min(s)] for n, s in grouped.items()}
+    return plots.interval_bars(rows, "test macro F1", figure_title(some, "macro F1, mean over seeds, 95% interval"))
+
+
+def methods_per_class_figure(grouped: dict[str, dict[int, dict]]) -> plt.Figure | None:
+    """Per-class test F1 of every student run (mean over seeds), one row per run."""
+    students = {n: s for n, s in grouped.items() if n != "teacher"}
+    if len(students) < 2:
+        return None
+    first = next(iter(next(iter(students.values())).values()))
+    classes = [row["class"] for row in first["test"]["per_class"]]
+    values = {label(n, s[min(s)]): [sum(r["test"]["per_class"][c]["f1"] for r in s.values()) / len(s)
+                                    for c in range(len(classes))] for n, s in students.items()}  # fmt: skip
+    some = {n: s[min(s)] for n, s in grouped.items()}
+    return plots.per_class_heatmap(values, classes, figure_title(some, "per-class test F1, mean over seeds"))
+
+
+SEED_FIGURES: dict[str, Callable[[dict[str, dict[int, dict]]], plt.Figure | None]] = {
+    "methods_f1": methods_f1_figure,
+    "methods_per_class_f1": methods_per_class_figure,
+}
+
+
 def figure_path(pictures: Path, dataset: str, figure: str) -> Path:
     return Path(pictures) / f"{dataset}_{figure}.png"
 
@@ -164,13 +226,12 @@ def markdown_table(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-NOISE_F1 = 0.005  # single-seed differences in macro F1 below this are read as noise (see benchmarks/README.md)
-
-
-def conclusion(runs: dict[str, dict], name: str) -> str:
+def conclusion(runs: dict[str, dict], name: str, gain: PairedGain | None = None) -> str:
     """One sentence reading the measured test F1 of run ``name`` against the baseline and the teacher.
 
-    For ``name="baseline"`` it states the teacher-student gap that distillation sets out to close.
+    For ``name="baseline"`` it states the teacher-student gap that distillation sets out to close. With
+    ``gain`` (the paired difference over seeds) the verdict is its 95% interval's; with one seed there is no
+    interval, and the sentence says that one run cannot separate a gain from noise.
     """
     f1 = {n: r["test"]["f1"] for n, r in runs.items()}
     if name == "baseline":
@@ -181,17 +242,112 @@ def conclusion(runs: dict[str, dict], name: str) -> str:
             f"{teacher['params'] / student['params']:.0f}x fewer): {student['test']['accuracy']:.4f}, "
             f"{f1['baseline']:.4f}; a gap of {f1['teacher'] - f1['baseline']:+.4f} F1 for distillation to close."
         )
-    gain = f1[name] - f1["baseline"]
-    verdict = (
-        f"within single-seed noise (|gain| < {NOISE_F1}), so this run shows no reliable difference"
-        if abs(gain) < NOISE_F1
-        else ("a gain larger than single-seed noise" if gain > 0 else "a loss larger than single-seed noise")
-    )
+    reference = "final-baseline" if name == "final" and "final-baseline" in f1 else "baseline"
     teacher = f"; the teacher scores {f1['teacher']:.4f}" if "teacher" in f1 else ""
-    return (
-        f"{label(name, runs[name])}: test macro F1 {f1[name]:.4f} vs baseline {f1['baseline']:.4f} "
-        f"({gain:+.4f}), {verdict}{teacher}."
+    epochs = record_epochs(runs[name]), record_epochs(runs[reference])
+    if epochs[0] != epochs[1]:
+        teacher += (f"; the {reference} trained {epochs[1]} epochs and this run {epochs[0]}, so the difference mixes "
+                    "the method with the longer schedule")  # fmt: skip
+    if gain is None or gain.n < 2:
+        diff = f1[name] - f1[reference]
+        return (
+            f"{label(name, runs[name])}: test macro F1 {f1[name]:.4f} vs {reference} {f1[reference]:.4f} "
+            f"({diff:+.4f}) from one seed, which gives no interval: a single run cannot tell this difference from "
+            f"seed-to-seed noise{teacher}."
+        )
+    return f"{label(name, runs[name])} vs {reference}: {gain_sentence(gain)}{teacher}."
+
+
+def gain_sentence(gain: PairedGain) -> str:
+    verdict = (
+        "within noise (the interval contains 0)"
+        if gain.within_noise
+        else ("a real gain (the interval excludes 0)" if gain.mean > 0 else "a real loss (the interval excludes 0)")
     )
+    return (
+        f"paired macro-F1 difference {gain.mean:+.4f} over {gain.n} seeds, 95% interval "
+        f"[{gain.low:+.4f}, {gain.high:+.4f}]: {verdict}"
+    )
+
+
+# --- several seeds: paired comparison with the baseline ----------------------------------------------------
+
+
+def reference_for(name: str, grouped: dict[str, dict[int, dict]]) -> str | None:
+    """The labels-only run a student run is paired with: the baseline of the same length."""
+    seeds = grouped[name]
+    epochs = {record_epochs(r) for r in seeds.values()}
+    suffix = name[name.index("@"):] if "@" in name else ""
+    for candidate in (f"baseline{suffix}", f"final-baseline{suffix}"):
+        if candidate in grouped and candidate != name and {record_epochs(r) for r in grouped[candidate].values()} == epochs:
+            return candidate
+    return None
+
+
+def comparison_rows(grouped: dict[str, dict[int, dict]]) -> list[dict]:
+    """Per student run: mean and std of accuracy and F1 over seeds, the paired F1 gain against its baseline
+    with a 95% t-interval, Holm-adjusted p-values across the runs sharing a baseline, McNemar per seed."""
+    rows = []
+    for name, seeds in grouped.items():
+        if name == "teacher":
+            continue
+        acc = mean_std([r["test"]["accuracy"] for r in seeds.values()])
+        f1 = mean_std([r["test"]["f1"] for r in seeds.values()])
+        row = {"name": name, "seeds": list(seeds), "accuracy": acc, "f1": f1, "reference": None, "gain": None,
+               "mcnemar": [], "record": next(iter(seeds.values()))}  # fmt: skip
+        labels_only = name.split("@")[0] in ("baseline", "final-baseline")
+        reference = None if labels_only else reference_for(name, grouped)
+        if reference is not None:
+            common = [s for s in seeds if s in grouped[reference]]
+            if common:
+                row["reference"] = reference
+                row["gain"] = paired_gain([seeds[s]["test"]["f1"] for s in common],
+                                          [grouped[reference][s]["test"]["f1"] for s in common])  # fmt: skip
+                row["mcnemar"] = [seed_mcnemar(seeds[s], grouped[reference][s]) for s in common]
+        rows.append(row)
+    for reference in {r["reference"] for r in rows if r["reference"]}:
+        family = [r for r in rows if r["reference"] == reference]
+        adjusted = holm({r["name"]: r["gain"].p_value for r in family})
+        for r in family:
+            r["gain"].p_holm = adjusted[r["name"]]
+    return rows
+
+
+def seed_mcnemar(a: dict, b: dict) -> float | None:
+    """McNemar p-value of two runs on the same test images (None when a record predates stored correctness)."""
+    if "correct" not in a["test"] or "correct" not in b["test"]:
+        return None
+    n = sum(map(sum, a["test"]["confusion_matrix"]))
+    return mcnemar(decode_correct(a["test"]["correct"], n), decode_correct(b["test"]["correct"], n))["p_value"]
+
+
+def _pm(stat: tuple[float, float | None]) -> str:
+    mean, std = stat
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+
+
+def comparison_table(rows: list[dict]) -> str:
+    """Markdown: mean ± sample std over seeds, the paired gain with its 95% interval, Holm p, McNemar, verdict."""
+    header = ("| run | seeds | accuracy | macro F1 | F1 gain vs its baseline [95% CI] | p (Holm) | McNemar p per seed "
+              "| verdict |")  # fmt: skip
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        gain, verdict, interval, p = row["gain"], "", "", ""
+        if gain is not None:
+            interval = f"{gain.mean:+.4f}" + (f" [{gain.low:+.4f}, {gain.high:+.4f}]" if gain.low is not None else "")
+            p = f"{gain.p_holm:.3f}" if gain.p_holm is not None else ""
+            verdict = (
+                "one seed: no interval"
+                if gain.within_noise is None
+                else "within noise"
+                if gain.within_noise
+                else ("beats labels alone" if gain.mean > 0 else "worse than labels alone")
+            )
+        mc = ", ".join(f"{v:.3f}" for v in row["mcnemar"] if v is not None)
+        name = label(row["name"], row["record"])
+        lines.append(f"| {name} | {len(row['seeds'])} | {_pm(row['accuracy'])} | {_pm(row['f1'])} | {interval} | {p} "
+                     f"| {mc} | {verdict} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 SECTIONS: dict[str, tuple[str, ...]] = {  # README block ``results:<dataset>:<section>`` -> the runs it compares
@@ -199,12 +355,12 @@ SECTIONS: dict[str, tuple[str, ...]] = {  # README block ``results:<dataset>:<se
     "logit": ("teacher", "baseline", "logit"),
     "hidden": ("teacher", "baseline", "hidden"),
     "regressor": ("teacher", "baseline", "regressor"),
-    "final": RUN_ORDER,
+    "final": ("teacher", "baseline", "logit", "hidden", "regressor", "final-baseline", "final"),
 }
 
 
-def provenance(runs: dict[str, dict]) -> str:
-    """Where the numbers come from: dataset, split sizes, hardware, torch, and when the runs were recorded."""
+def provenance(runs: dict[str, dict], all_runs: list[dict] | None = None) -> str:
+    """Where the numbers come from: dataset, split sizes, seeds, hardware, torch, and when the runs were recorded."""
     first = next(iter(runs.values()))
     sizes = first.get("data_sizes", {})
     envs = [r.get("environment", {}) for r in runs.values()]
@@ -213,29 +369,39 @@ def provenance(runs: dict[str, dict]) -> str:
     dates = sorted(r["timestamp"][:10] for r in runs.values() if r.get("timestamp"))
     when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
     split = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+    seeds = sorted({record_seed(r) for r in all_runs}) if all_runs else [record_seed(first)]
+    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     return (
-        f"Measured on {first['config']['dataset']} ({split}), seed {first['config']['seed']}, "
+        f"Measured on {config_value(first, 'dataset')} ({split}), {seed_text}, "
         f"{hardware}, torch {torch_versions}; runs recorded {when}."
     )
 
 
-def section(runs: dict[str, dict], key: str) -> str | None:
-    """A README section's table and conclusion; None while the run it is about is missing."""
+def section(runs: dict[str, dict], key: str, gains: dict[str, PairedGain | None] | None = None) -> str | None:
+    """A README section's table (lowest seed) and conclusion (over every seed); None while its run is missing."""
     names = SECTIONS[key]
     subject = "baseline" if key == "baselines" else names[-1]
     if subject not in runs or "baseline" not in runs:
         return None
     chosen = {n: runs[n] for n in names if n in runs}
-    return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject)}"
+    return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject, (gains or {}).get(subject))}"
 
 
-def readme_blocks(runs: dict[str, dict], dataset: str) -> dict[str, str]:
-    """Every README block this dataset's runs can fill: the full table (with its provenance) and each section."""
-    blocks = {f"results:{dataset}": f"{markdown_table(runs)}\n\n{provenance(runs)}"} if runs else {}
+def readme_blocks(records: list[dict], dataset: str) -> dict[str, str]:
+    """Every README block this dataset's runs can fill: the full table (with its provenance), each section,
+    and the comparison over seeds."""
+    grouped = group_runs(records)
+    runs = {name: seeds[min(seeds)] for name, seeds in grouped.items()}
+    if not runs:
+        return {}
+    rows = comparison_rows(grouped)
+    gains = {row["name"]: row["gain"] for row in rows}
+    blocks = {f"results:{dataset}": f"{markdown_table(runs)}\n\n{provenance(runs, records)}"}
     for key in SECTIONS:
-        body = section(runs, key)
+        body = section(runs, key, gains)
         if body is not None:
             blocks[f"results:{dataset}:{key}"] = body
+    blocks[f"results:{dataset}:comparison"] = f"{comparison_table(rows)}\n\n{provenance(runs, records)}"
     return blocks
 
 
@@ -265,23 +431,17 @@ def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", 
     return written
 
 
-WALL_TIME = re.compile(r"notebook wall time: (\d+) s \| profile: ([\w-]+)")
-RUN_INFO = re.compile(r"run info \| profile: (\w+) \| dataset: ([\w-]+) \|.*device: ([^|]+)\|.*started: ([^\n]+)")
-PRECISION = re.compile(r"run info \|.*\| precision: (\w+) \|")
-
-
-def notebook_times(notebooks: str | Path) -> str | None:
-    """A table of each committed notebook's stored run: profile, dataset, device, precision, start, wall time."""
+def notebook_times(results_dir: str | Path) -> str | None:
+    """A table of the notebooks' stored runs (profile, dataset, device, precision, start, wall time), from the
+    ``<results>/<dataset>/notebooks.json`` that each notebook's last cell writes."""
     rows = []
-    for path in sorted(Path(notebooks).glob("*.ipynb")):
-        texts = [o.get("text", "") for c in json.loads(path.read_text())["cells"] for o in c.get("outputs", [])]
-        text = "".join(t if isinstance(t, str) else "".join(t) for t in texts)
-        info, wall = RUN_INFO.search(text), WALL_TIME.search(text)
-        if info and wall:
-            profile, dataset, device, started = (g.strip() for g in info.groups())
-            precision = next((m[1] for m in PRECISION.finditer(text)), "?")  # older run-info lines lack it
+    for path in sorted(Path(results_dir).glob("*/notebooks.json")):
+        entries = json.loads(path.read_text())
+        entries = entries.get("notebooks", entries) if isinstance(entries, dict) else entries
+        for e in sorted(entries if isinstance(entries, list) else entries.values(), key=lambda e: e["notebook"]):
             rows.append(
-                f"| `{path.stem}` | {profile} | {dataset} | {device} | {precision} | {started} | {int(wall[1]) / 60:.1f} |"
+                f"| `{e['notebook']}` | {e['profile']} | {e['dataset']} | {e['device']} | {e['precision']} | "
+                f"{e['started']} | {e['wall_seconds'] / 60:.1f} |"
             )
     if not rows:
         return None
@@ -294,22 +454,27 @@ def render_report(
     pictures: str | Path = "Pictures",
     readme: str | Path | None = "README.md",
     data_dir: str | Path = "data",
-    notebooks: str | Path | None = "notebooks",
 ) -> list[Path]:
     """Re-render every figure and README table from ``results_dir/<dataset>/runs.json``; returns the files written."""
     written, blocks = [], {}
     for runs_file in sorted(Path(results_dir).glob("*/runs.json")):
         dataset = runs_file.parent.name
         dataset_info(dataset)
-        runs = latest_runs(load_runs(runs_file))
+        records = load_runs(runs_file)
+        runs = latest_runs(records)
         written += render_samples(dataset, Path(pictures), data_dir)
         for figure in FIGURES:
             fig = render_figure(figure, runs, dataset, Path(pictures))
             if fig is not None:
                 written.append(figure_path(Path(pictures), dataset, figure))
                 plt.close(fig)
-        blocks.update(readme_blocks(runs, dataset))
-    times = notebook_times(notebooks) if notebooks is not None else None
+        for figure, draw in SEED_FIGURES.items():
+            fig = draw(group_runs(records))
+            if fig is not None:
+                written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
+                plt.close(fig)
+        blocks.update(readme_blocks(records, dataset))
+    times = notebook_times(results_dir)
     if times is not None:
         blocks["notebook-times"] = times
     if readme is not None and Path(readme).exists():

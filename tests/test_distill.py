@@ -3,7 +3,6 @@ and every method's loss is its formula of the logged parts."""
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from dataclasses import fields
@@ -242,6 +241,17 @@ def test_hidden_level_weights_select_levels(batch):
     assert 0 < last < total
 
 
+@pytest.mark.parametrize(
+    "method", ["hidden", "regressor", "logit+hidden", "logit+regressor", "at"]
+)
+@pytest.mark.parametrize("level_weights", [(1.0,), (1.0, 1.0, 1.0, 1.0)])
+def test_one_level_weight_per_matched_level_or_an_error(method, level_weights, batch):
+    x, y = batch
+    distiller, _, _ = make(method, level_weights=level_weights)
+    with pytest.raises(ValueError, match=f"got {len(level_weights)} feature weights for 3 levels"):
+        distiller(x, y)
+
+
 # --- adapters and FitNets stage 1 ---------------------------------------------------------------------------
 
 
@@ -337,8 +347,9 @@ FLOAT_FIELDS = [f.name for f in fields(DistillConfig) if isinstance(f.default, f
 
 
 def test_float_fields_are_the_expected_ones():
-    assert {"alpha", "temperature", "feature_weight", "regressor_weight", "at_weight"} <= set(FLOAT_FIELDS)
-    assert len(FLOAT_FIELDS) == 13
+    named = {"alpha", "temperature", "feature_weight", "regressor_weight", "dkd_alpha", "dkd_beta", "dist_beta",
+             "dist_gamma", "dist_temperature", "at_weight", "at_p", "rkd_distance_weight", "rkd_angle_weight"}  # fmt: skip
+    assert named <= set(FLOAT_FIELDS)  # new float fields join the parametrisation below by themselves
 
 
 def test_default_and_boundary_configs_validate():

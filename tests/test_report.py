@@ -10,7 +10,20 @@ from pathlib import Path
 import pytest
 
 from kd_utils.cli import main
-from kd_utils.report import FIGURES, latest_runs, markdown_table, notebook_times, replace_block
+import torch
+
+from kd_utils.experiments import encode_correct
+from kd_utils.report import (
+    FIGURES,
+    SEED_FIGURES,
+    comparison_rows,
+    comparison_table,
+    group_runs,
+    latest_runs,
+    markdown_table,
+    notebook_times,
+    replace_block,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +50,7 @@ def test_report_renders_every_figure_and_table_twice_identically(study, tmp_path
     assert "Measured on synthetic (train " in first_readme and "seed 0, cpu" in first_readme
     pictures = sorted(p.name for p in (tmp_path / "a").iterdir())
     # the synthetic study has no final run: every figure but the final-run ones, plus the sample grids
-    expected = {f"synthetic_{f}.png" for f in FIGURES if "final" not in f} | {
+    expected = {f"synthetic_{f}.png" for f in (*FIGURES, *SEED_FIGURES) if "final" not in f} | {
         "synthetic_samples_train.png",
         "synthetic_samples_test.png",
     }
@@ -87,27 +100,51 @@ def test_committed_results_reproduce_the_committed_figures_and_readme(tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
     assert main(["report", "--results-dir", str(ROOT / "results"), "--pictures-dir", str(tmp_path / "pics"),
-                 "--readme", str(readme), "--data-dir", str(ROOT / "data"),
-                 "--notebooks-dir", str(ROOT / "notebooks")]) == 0  # fmt: skip
+                 "--readme", str(readme), "--data-dir", str(ROOT / "data")]) == 0  # fmt: skip
     assert readme.read_text() == (ROOT / "README.md").read_text()
     for png in (tmp_path / "pics").iterdir():
         assert filecmp.cmp(png, ROOT / "Pictures" / png.name, shallow=False), png.name
 
 
-def test_notebook_times_table_reads_the_stored_run_info_and_wall_time(tmp_path):
-    def notebook(*lines):
-        outputs = [{"output_type": "stream", "name": "stdout", "text": line + "\n"} for line in lines]
-        return json.dumps({"cells": [{"cell_type": "code", "source": "", "outputs": outputs}]})
-
-    info = "run info | profile: full | dataset: fashion-mnist | seed: 0 | device: cpu: Xeon | torch 2 | precision: bfloat16 | started: 2026-11-23 18:13 UTC"
-    (tmp_path / "00_a.ipynb").write_text(
-        notebook(info, "epoch 1", "notebook wall time: 1500 s | profile: full | device: cpu")
-    )
-    (tmp_path / "01_b.ipynb").write_text(notebook(info))  # no wall time: not executed to the end, no row
+def test_notebook_times_table_reads_what_the_notebooks_saved(tmp_path):
+    entry = {"notebook": "00_a", "profile": "full", "dataset": "fashion-mnist", "device": "cpu: Xeon",
+             "precision": "bfloat16", "started": "2026-11-23 18:13 UTC", "wall_seconds": 1500.0}  # fmt: skip
+    (tmp_path / "fashion-mnist").mkdir()
+    (tmp_path / "fashion-mnist" / "notebooks.json").write_text(json.dumps({"notebooks": {"00_a": entry}}))
     table = notebook_times(tmp_path)
-    assert (
-        table.splitlines()[2]
-        == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
-    )
-    assert "01_b" not in table
+    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
     assert notebook_times(tmp_path / "missing") is None
+
+
+def seeded_record(name, seed, f1, epochs=15, correct=None):
+    test = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "confusion_matrix": [[5, 0], [0, 5]],
+            "per_class": [{"class": "a", "f1": f1}, {"class": "b", "f1": f1}]}  # fmt: skip
+    if correct is not None:
+        test["correct"] = encode_correct(torch.tensor(correct))
+    return {"experiment": name.removeprefix("final-"), "name": name, "test": test, "params": 1, "seconds": 1.0,
+            "config": {"data": {"dataset": "synthetic", "seed": 0}, "train": {"seed": seed, "epochs": epochs},
+                       "teacher": "t", "student": "s"}}  # fmt: skip
+
+
+def test_comparison_pairs_seeds_and_reads_intervals():
+    base = [0.80, 0.82, 0.81]
+    records = [seeded_record("baseline", s, f) for s, f in enumerate(base)]
+    records += [seeded_record("logit", s, f + 0.02 + 0.001 * s) for s, f in enumerate(base)]  # +0.02 each seed
+    records += [seeded_record("hidden", s, f + d) for s, (f, d) in enumerate(zip(base, (0.01, -0.01, 0.0)))]
+    rows = {r["name"]: r for r in comparison_rows(group_runs(records))}
+    logit, hidden = rows["logit"]["gain"], rows["hidden"]["gain"]
+    assert logit.n == 3 and logit.mean == pytest.approx(0.021) and logit.low > 0 and not logit.within_noise
+    assert hidden.mean == pytest.approx(0.0, abs=1e-12) and hidden.within_noise
+    assert logit.p_holm == pytest.approx(min(1.0, 2 * logit.p_value))  # the smaller of two p-values, times 2
+    table = comparison_table(list(rows.values()))
+    assert "| logit | 3 | 0.8310 ± 0.0100 |" in table and "beats labels alone" in table and "within noise" in table
+
+
+def test_final_is_paired_with_the_baseline_of_its_length_and_mcnemar_reads_correctness():
+    records = [seeded_record("baseline", 0, 0.8), seeded_record("final-baseline", 0, 0.81, epochs=70,
+               correct=[1, 1, 0, 0, 1, 1, 1, 1, 1, 1]), seeded_record("final", 0, 0.9, epochs=70,
+               correct=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0])]  # fmt: skip
+    row = {r["name"]: r for r in comparison_rows(group_runs(records))}["final"]
+    assert row["reference"] == "final-baseline" and row["gain"].mean == pytest.approx(0.09)
+    assert row["gain"].within_noise is None  # one seed: no interval
+    assert row["mcnemar"] == [pytest.approx(1.0)]  # 2 vs 1 discordant images: exact binomial p = 1

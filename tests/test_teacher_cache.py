@@ -142,7 +142,9 @@ def test_damaged_file_is_recomputed_not_trusted(small_splits, train_cfg, tmp_pat
     reference = train("logit", small_splits, train_cfg, cache)
     path = cache.path(1, "logits")
     good = torch.load(path, weights_only=True)["logits"]
-    path.write_bytes(torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes())
+    path.write_bytes(
+        torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
+    )
 
     again = TeacherCache(tmp_path, STREAM)
     result = train("logit", small_splits, train_cfg, again)

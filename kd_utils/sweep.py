@@ -1,0 +1,551 @@
+"""Hyper-parameter sweeps chosen on validation: ``python -m kd_utils sweep --method logit --trials 20 ...``.
+
+One Optuna study per (dataset, method, seed): every trial trains the method with the sampled settings on the
+same data, teacher and training seed, and scores it by its best-epoch validation macro F1; the test split is
+not read by any trial. At the end the best trial's run is loaded back from its checkpoints (``resume=True``
+on a finished run trains nothing) and scored on the test set once; that record is appended to the results
+file, next to a JSON file of every trial and a validation-F1 map of the two most important settings.
+
+Several workers (processes or machines) share a study through one ``--storage`` (default: a SQLite file in
+``--results-dir``); trial numbers are unique and ``--max-trials`` caps the total: a trial whose number comes
+after ``max_trials`` live (running, waiting or complete) trials is skipped. The TPE sampler of each worker
+is seeded by the training seed plus the worker's process id, so concurrent workers explore different points
+(a sweep is reproducible in its settings and results, not in the order TPE proposes them). The worker that
+finishes last, when no trial is still running, scores the chosen setting on the test set; any later worker
+finds that record and does not append it twice.
+
+Search spaces are written in the ``--param`` syntax (``NAME=low:high``, ``low:high:log`` or ``a,b,c``); a
+``--param`` given on the command line replaces the method's default space, so list every setting to tune.
+Under ``--sampler grid`` a range is the three points low, middle, high (geometric middle for ``log``).
+List-valued settings (``level_weights``) are not tuned; fix them with ``--level-weights``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import optuna
+from filelock import FileLock
+from optuna.trial import TrialState
+
+from .config import FLAGS, ExperimentConfig, to_flags
+from .data import prepare_data
+from .experiments import STUDENT_METHODS, FrozenTeacher, prepare_teacher, run_dir, train_experiment, validate
+from .plots import save_figure
+from .results import append_run, atomic_write, check_results_path, load_runs
+from .train import NonFiniteLossError
+
+SEARCH_SPACES = {
+    "logit": {"temperature": "1:10:log", "alpha": "0.1:1.0"},
+    "hidden": {"feature_weight": "0.1:30:log", "feature_kind": "cosine,mse", "spatial_size": "1,2,4"},
+    "regressor": {"regressor_weight": "1:300:log"},
+    "dkd": {"dkd_beta": "1:16:log", "temperature": "1:8:log"},
+    "dist": {"dist_beta": "0.5:4", "dist_gamma": "0.5:4", "dist_temperature": "1:8:log"},
+    "at": {"at_weight": "50:5000:log"},
+    "rkd": {"rkd_distance_weight": "1:100:log", "rkd_angle_weight": "2:200:log"},
+    "logit+hidden": {"temperature": "1:10:log", "alpha": "0.1:1.0", "feature_weight": "0.1:30:log"},
+    "logit+regressor": {"temperature": "1:10:log", "alpha": "0.1:1.0", "regressor_weight": "1:300:log"},
+    "fitnets": {"hint_epochs": "1,2,3,5", "regressor_weight": "1:300:log", "temperature": "1:10:log"},
+}  # around the papers' defaults (DistillConfig); fitnets' hint_epochs are capped at the run's --epochs
+TUNABLE_TRAIN = ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing", "batch_size", "optimizer",
+                 "schedule")  # fmt: skip
+SAMPLERS = ("tpe", "grid")
+DEFAULT_TRIALS = 20  # per worker
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)  # trials that count towards --max-trials
+SQLITE_TIMEOUT_S = 60  # workers wait this long for SQLite's write lock before failing
+
+
+# --- search space -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned setting: a range (``low``, ``high``, ``log``) or a list of ``choices``."""
+
+    name: str  # config field, e.g. "feature_weight"
+    spec: str  # as written, e.g. "0.1:30:log"
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+    def suggest(self, trial: optuna.Trial) -> object:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, self.choices)
+        if isinstance(self.low, int):
+            return trial.suggest_int(self.name, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+    def grid(self) -> tuple:
+        """The values a grid sampler visits: the choices, or low, middle and high of a range."""
+        if self.choices is not None:
+            return self.choices
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if isinstance(self.low, int):
+            return tuple(sorted({self.low, round(mid), self.high}))
+        return (self.low, float(f"{mid:.3g}"), self.high)
+
+
+def _flag_of(name: str):
+    """The ``config.Flag`` of a tunable setting, or a ValueError listing the tunable ones."""
+    f = FLAGS.get(name.replace("_", "-"))
+    tunable = f is not None and (f.section == "distill" or (f.section == "train" and f.attr in TUNABLE_TRAIN))
+    if not tunable:
+        names = [g.attr for g in FLAGS.values() if g.section == "distill" and not g.type.startswith("tuple")]
+        raise ValueError(f"unknown setting '{name}'; choose from: {', '.join([*names, *TUNABLE_TRAIN])}")
+    if f.type.startswith("tuple"):
+        raise ValueError(f"{f.attr} is a list and is not tuned; fix it with --{f.name}")
+    return f
+
+
+def _number(text: str, kind: str) -> float | int | str:
+    """``text`` as a value of a setting of type ``kind`` ("float", "int" or "str")."""
+    if kind.startswith("str"):
+        return text
+    try:
+        value = int(text) if kind.startswith("int") else float(text)
+    except ValueError:
+        raise ValueError(f"'{text}' is not {'an int' if kind.startswith('int') else 'a number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"'{text}' is not a finite number")
+    return value
+
+
+def parse_param(text: str) -> Param:
+    """``NAME=low:high``, ``NAME=low:high:log`` or ``NAME=a,b,c`` as a ``Param``; ValueError names what is wrong."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or not spec:
+        raise ValueError("expected NAME=SPEC, e.g. temperature=1:10:log or feature_kind=cosine,mse")
+    f = _flag_of(name.strip())
+    kind = "int" if f.type == "int | None" else f.type  # hint_level: an int when tuned
+    if ":" not in spec:
+        return Param(f.attr, spec, choices=tuple(dict.fromkeys(_number(v.strip(), kind) for v in spec.split(","))))
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log") or kind == "str":
+        raise ValueError("a range is low:high or low:high:log (a text setting takes a list: a,b,c)")
+    low, high = _number(parts[0], kind), _number(parts[1], kind)
+    if not low < high:
+        raise ValueError(f"the range needs low < high (got {low} and {high})")
+    if len(parts) == 3 and low <= 0:
+        raise ValueError(f"a log range needs low > 0 (got {low})")
+    return Param(f.attr, spec, low, high, log=len(parts) == 3)
+
+
+def with_values(cfg: ExperimentConfig, values: dict[str, object]) -> ExperimentConfig:
+    """``cfg`` with config fields (``{"temperature": 2.0, "lr": 0.1}``) replaced."""
+    for name, value in values.items():
+        f = FLAGS[name.replace("_", "-")]
+        cfg = replace(cfg, **{f.section: replace(getattr(cfg, f.section), **{f.attr: value})})
+    return cfg
+
+
+def search_space(method: str, cfg: ExperimentConfig, specs: list[str] | None = None) -> list[Param]:
+    """The tuned settings: ``specs`` (``--param`` texts) when given, else the method's default space.
+
+    Every bound and choice is checked against the config's own validation, so a bad ``--param`` fails here,
+    in one line naming it, before anything is loaded or trained.
+    """
+    given = bool(specs)
+    texts = list(specs) if given else [f"{k}={v}" for k, v in SEARCH_SPACES[method].items()]
+    space: list[Param] = []
+    for text in texts:
+        try:
+            param = parse_param(text)
+            if any(p.name == param.name for p in space):
+                raise ValueError(f"{param.name} is given twice")
+            if not given and param.name == "hint_epochs":  # stage 1 no longer than the whole run
+                capped = tuple(dict.fromkeys(min(v, cfg.train.epochs) for v in param.choices))
+                param = replace(param, choices=capped)
+            for value in param.choices or (param.low, param.high):
+                with_values(cfg, {param.name: value}).validate()
+        except ValueError as err:
+            raise ValueError(f"--param {text}: {err}") from None
+        space.append(param)
+    return space
+
+
+# --- trials -----------------------------------------------------------------------------------------------
+
+
+def live_before(study: optuna.Study, number: int) -> int:
+    """How many live trials (running, waiting, complete) were created before trial ``number``.
+
+    Trial numbers follow creation order in the storage, so a trial that sees ``max_trials`` live ones before
+    it is over the cap whatever the other workers do next: the cap is exact, not racy.
+    """
+    return sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < number)
+
+
+def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
+    """One trial as saved in the trials file (no test metrics: trials never read the test split)."""
+    attrs = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name,
+        "params": trial.params,
+        "best_val_f1": trial.value,
+        "best_epoch": attrs.get("best_epoch"),
+        "seconds": attrs.get("seconds"),
+        "worker": attrs.get("worker"),
+        "val_f1": attrs.get("val_f1"),  # per epoch
+        **({"error": attrs["error"]} if "error" in attrs else {}),
+    }
+
+
+@dataclass
+class SweepPlan:
+    """Everything a worker needs to know before it loads or trains anything (built and checked by ``plan_sweep``)."""
+
+    method: str  # one of STUDENT_METHODS
+    cfg: ExperimentConfig  # the fixed settings; the trials replace the tuned ones
+    space: list[Param]  # the tuned settings
+    name: str  # study name, also the stem of its files
+    storage: str  # Optuna storage URL
+    sampler: str  # tpe | grid
+    trials: int  # this worker's trials at most
+    max_trials: int  # the study's live trials at most, all workers together
+    results_dir: Path  # trials file, figure, locks, default storage
+    results_path: Path  # the tuned run's record is appended here
+
+
+def make_objective(plan: SweepPlan, data, teacher: FrozenTeacher, log):
+    """The trial: train the method with the sampled settings (test split unread); its value is validation F1."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    max_trials = plan.max_trials
+
+    def objective(trial: optuna.Trial) -> float:
+        if live_before(trial.study, trial.number) >= max_trials:
+            trial.set_user_attr("skipped", f"over --max-trials {max_trials}")
+            trial.study.stop()
+            raise optuna.TrialPruned()
+        trial.set_user_attr("worker", worker)
+        values = {p.name: p.suggest(trial) for p in plan.space}
+        try:
+            cfg = with_values(plan.cfg, values)
+            _, record = train_experiment(
+                plan.method, cfg, data, teacher, log=None, name=f"trial-{trial.number}", test=False
+            )
+        except NonFiniteLossError as err:  # a diverging setting is a failed trial, not a failed sweep
+            trial.set_user_attr("error", str(err))
+            if log:
+                log(f"trial {trial.number}: {format_values(values)} diverged")
+            raise
+        record = {k: v for k, v in record.items() if k not in ("test", "test_last")}  # selection sees validation only
+        trial.set_user_attr("best_epoch", record["best_epoch"])
+        trial.set_user_attr("seconds", record["seconds"])
+        trial.set_user_attr("val_f1", [row["val_f1"] for row in record["history"]])
+        if log:
+            log(f"trial {trial.number}: {format_values(values)} -> val F1 {record['best_val_f1']:.4f} "
+                f"(epoch {record['best_epoch']}, {record['seconds']:.1f}s)")  # fmt: skip
+        return record["best_val_f1"]
+
+    return objective
+
+
+def format_values(values: dict) -> str:
+    return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+# --- study ------------------------------------------------------------------------------------------------
+
+
+def open_study(plan: SweepPlan) -> optuna.Study:
+    """The shared study (created by the first worker), with this worker's seeded sampler."""
+    url = plan.storage
+    kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    try:  # under a lock: workers starting together would race to create the tables and the study
+        with study_lock(plan):
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            study = optuna.create_study(storage=storage, sampler=make_sampler(plan), study_name=plan.name,
+                                        direction="maximize", load_if_exists=True)  # fmt: skip
+    except Exception as err:  # sqlalchemy's URL, driver and connection errors
+        raise ValueError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    tuned = study.user_attrs.get("method", plan.method)
+    if tuned != plan.method:
+        raise ValueError(f"--study-name {plan.name}: that study tunes {tuned}, not {plan.method}; pick another name")
+    study.set_user_attr("method", plan.method)
+    return study
+
+
+def study_lock(plan: SweepPlan) -> FileLock:
+    """The lock (``<results-dir>/<study>.lock``) under which workers create the study and score its choice."""
+    return FileLock(str(plan.results_dir / f"{plan.name}.lock"))
+
+
+def make_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
+    """TPE or grid, seeded by the training seed plus the process id (concurrent workers propose different points)."""
+    seed = plan.cfg.train.seed + os.getpid()
+    if plan.sampler == "grid":
+        return optuna.samplers.GridSampler({p.name: list(p.grid()) for p in plan.space}, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def prepare_teacher_once(cfg: ExperimentConfig, data, log) -> FrozenTeacher:
+    """``prepare_teacher`` under a file lock: workers sharing a checkpoint folder train the teacher once."""
+    if cfg.teacher_checkpoint:
+        return prepare_teacher(cfg, data, log)
+    folder = run_dir(cfg, "teacher")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        return prepare_teacher(cfg, data, log)
+
+
+def best_trial(trials: list[optuna.trial.FrozenTrial]) -> optuna.trial.FrozenTrial | None:
+    """The complete trial with the highest validation F1 (the earliest on a tie)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return max(complete, key=lambda t: (t.value, -t.number)) if complete else None
+
+
+def score_on_test(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeacher, best, log) -> dict:
+    """The chosen trial's run, loaded from its checkpoints and scored on the test set once; appended unless a
+    worker did so already (the check and the append happen under one lock)."""
+    with study_lock(plan):
+        for record in reversed(load_runs(plan.results_path)):
+            if record.get("sweep", {}).get("study") == plan.name and record["sweep"]["trial"] == best.number:
+                return record
+        best_cfg = replace(with_values(plan.cfg, best.params), resume=True)
+        folder = run_dir(best_cfg, plan.method, teacher)
+        if log and not (folder / "last.pt").exists():
+            log(f"trial {best.number}'s checkpoints are not in {folder}: training its setting again")
+        _, record = train_experiment(plan.method, best_cfg, data, teacher, log=log, name=f"{plan.method}-tuned")
+        record["sweep"] = {
+            "study": plan.name, "trial": best.number, "params": best.params, "trial_val_f1": best.value,
+            "complete_trials": sum(t.state == TrialState.COMPLETE for t in study.trials),
+        }  # fmt: skip
+        append_run(plan.results_path, record)
+        return record
+
+
+def replay_command(method: str, cfg: ExperimentConfig) -> str:
+    """The ``run`` command line that trains ``cfg`` again: every flag that differs from its default."""
+    parts = ["python", "-m", "kd_utils", "run", "--experiment", method]
+    defaults = to_flags(ExperimentConfig())
+    for name, value in to_flags(cfg).items():
+        if value == defaults[name]:
+            continue
+        if isinstance(value, bool):
+            parts.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            text = "none" if value is None else ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            parts += [f"--{name}", text]
+    return shlex.join(parts)
+
+
+def format_trials(rows: list[dict], space: list[Param], best: int | None) -> str:
+    """A table of the trials, one row each; the chosen one is starred."""
+    widths = {p.name: max(len(p.name), 8) for p in space}
+    header = f"{'trial':>5} {'state':<8} {'val f1':>7} {'epoch':>5} {'seconds':>7}  " + "  ".join(
+        f"{n:>{w}}" for n, w in widths.items()
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        f1 = f"{r['best_val_f1']:.4f}" if r["best_val_f1"] is not None else "-"
+        seconds = f"{r['seconds']:.1f}" if r["seconds"] is not None else "-"
+        values = [r["params"].get(n, "-") for n in widths]
+        cells = "  ".join(f"{f'{v:.4g}' if isinstance(v, float) else v:>{w}}" for v, w in zip(values, widths.values()))
+        mark = " *" if r["number"] == best else ""
+        epoch = r["best_epoch"] or "-"
+        lines.append(f"{r['number']:>5} {r['state']:<8} {f1:>7} {epoch:>5} {seconds:>7}  {cells}{mark}")
+    return "\n".join(lines)
+
+
+# --- figure -----------------------------------------------------------------------------------------------
+
+
+def important_params(study: optuna.Study, space: list[Param]) -> list[str]:
+    """The tuned settings that varied, most important first (by Optuna's importance; space order as fallback)."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    varied = [p.name for p in space if len({repr(t.params.get(p.name)) for t in complete}) > 1]
+    try:
+        ranking = list(optuna.importance.get_param_importances(study, params=varied)) if len(varied) > 1 else varied
+    except (RuntimeError, ValueError, ZeroDivisionError):  # too few trials, constant objective
+        ranking = varied
+    return ranking or [p.name for p in space[:1]]
+
+
+def _axis(ax, param: Param, values: list, which: str) -> list:
+    """Positions of ``values`` on one axis: the values (log scale for log ranges) or category indices."""
+    if param.choices is None:
+        if param.log:
+            getattr(ax, f"set_{which}scale")("log")
+        return values
+    ticks = list(param.choices)
+    getattr(ax, f"set_{which}ticks")(range(len(ticks)), [str(v) for v in ticks])
+    getattr(ax, f"set_{which}lim")(-0.5, len(ticks) - 0.5)  # every choice shown, tried or not
+    return [ticks.index(v) for v in values]
+
+
+def validation_map(rows: list[dict], space: list[Param], names: list[str], title: str = "", ax=None) -> plt.Figure:
+    """Validation macro F1 of every complete trial over the two most important settings (one: F1 against it);
+    the chosen trial is starred."""
+    fig, ax = plt.subplots(figsize=(6, 4.5)) if ax is None else (ax.figure, ax)
+    rows = [r for r in rows if r["state"] == "COMPLETE"]
+    by_name = {p.name: p for p in space}
+    f1 = np.array([r["best_val_f1"] for r in rows])
+    best = int(np.argmax(f1)) if len(rows) else None
+    x = _axis(ax, by_name[names[0]], [r["params"][names[0]] for r in rows], "x")
+    ax.set_xlabel(names[0])
+    if len(names) > 1:
+        y = _axis(ax, by_name[names[1]], [r["params"][names[1]] for r in rows], "y")
+        points = ax.scatter(x, y, c=f1, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
+        fig.colorbar(points, ax=ax, label="validation macro F1")
+        ax.set_ylabel(names[1])
+    else:
+        y = list(f1)
+        ax.scatter(x, y, s=40, color="tab:blue")
+        ax.set_ylabel("validation macro F1")
+    if best is not None:
+        ax.scatter([x[best]], [y[best]], marker="*", s=300, color="tab:red", label="chosen", zorder=3)
+        ax.legend(loc="best")
+    ax.set_title(title)
+    return fig
+
+
+# --- entry points -----------------------------------------------------------------------------------------
+
+
+def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``sweep`` (the ``run`` config flags plus the sweep's own) to the CLI's subparsers."""
+    from .cli import HelpFormatter, add_config_flags  # here: cli imports this module
+
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="tune a method's settings on validation (Optuna), then test the best once",
+        formatter_class=HelpFormatter,
+    )
+    sweep.add_argument("--method", required=True, choices=STUDENT_METHODS, help="the distillation method to tune")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help="trials this worker runs at most (0: only save, score and draw the study)",
+    )
+    sweep.add_argument("--max-trials", type=int, help="trials of the whole study, all workers (default: --trials)")
+    sweep.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (seeded: --seed + process id) | grid")
+    sweep.add_argument(
+        "--param",
+        action="append",
+        metavar="NAME=SPEC",
+        help="a tuned setting, repeatable; replaces the method's default space. SPEC: low:high (uniform), "
+        "low:high:log, or a,b,c (choices; a grid takes low, middle, high of a range)",
+    )
+    sweep.add_argument(
+        "--storage", help="Optuna storage URL shared by the workers (default: sqlite:///<results-dir>/sweeps.db)"
+    )
+    sweep.add_argument("--study-name", help="study name (default: <dataset>-<method>-seed<seed>)")
+    sweep.add_argument("--results-dir", default="runs/sweeps", help="trials file, figure and default storage")
+    sweep.add_argument(
+        "--results-path", help="the tuned run's record is appended here (default: <results-dir>/<study>-best.json)"
+    )
+    add_config_flags(sweep)
+    return sweep
+
+
+def plan_sweep(args: argparse.Namespace) -> SweepPlan:
+    """The sweep's settings from the parsed flags, every one checked (one-line ValueError); creates nothing."""
+    from .cli import config_from_args
+
+    cfg = config_from_args(args)
+    validate(cfg)
+    if args.method not in STUDENT_METHODS:
+        raise ValueError(f"--method {args.method}: choose from: {', '.join(STUDENT_METHODS)}")
+    if args.trials < 0:
+        raise ValueError(f"--trials {args.trials}: must be >= 0 (0: only save, score and draw what the study holds)")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise ValueError(f"--max-trials {args.max_trials}: must be >= 1")
+    space = search_space(args.method, cfg, args.param)
+    name = args.study_name or f"{cfg.data.dataset}-{args.method.replace('+', '_')}-seed{cfg.train.seed}"
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"--study-name '{name}': must be a plain file name")
+    results_dir = Path(args.results_dir)
+    results_path = check_results_path(args.results_path or results_dir / f"{name}-best.json")
+    storage = args.storage or f"sqlite:///{results_dir.resolve() / 'sweeps.db'}"
+    max_trials = args.trials if args.max_trials is None else args.max_trials
+    return SweepPlan(args.method, cfg, space, name, storage, args.sampler, args.trials, max_trials, results_dir,
+                     results_path)  # fmt: skip
+
+
+def run_sweep(args: argparse.Namespace, log=print) -> dict:
+    """Check the flags, run this worker's trials, then save the trials, draw the map and score the chosen setting
+    on the test set (when no trial is still running elsewhere).
+
+    Returns:
+        ``{"study", "trials", "best", "record", "trials_path", "results_path", "figure", "replay"}``; ``record``
+        (the tuned run, with test metrics) is None while other workers' trials are still running.
+    """
+    plan = plan_sweep(args)
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the objective
+    study = open_study(plan)
+    data = prepare_data(plan.cfg.data)
+    teacher = prepare_teacher_once(plan.cfg, data, log)
+    if plan.trials and len(study.get_trials(deepcopy=False, states=LIVE)) < plan.max_trials:
+        study.optimize(
+            make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
+            callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
+        )  # fmt: skip
+    return finish_sweep(plan, study, data, teacher, log)
+
+
+def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeacher, log=print) -> dict:
+    """Save every trial, draw the validation map and, when no trial is running, score the chosen one on test.
+
+    Idempotent: every worker calls it at its end; files are rewritten whole and the record is appended once.
+    """
+    trials = [t for t in study.get_trials(deepcopy=False) if "skipped" not in t.user_attrs]
+    rows = [trial_row(t) for t in trials]
+    best = best_trial(trials)
+    trials_path = atomic_write(plan.results_dir / f"{plan.name}.json", json.dumps({
+        "study": plan.name, "method": plan.method, "sampler": plan.sampler,
+        "space": {p.name: p.spec for p in plan.space}, "config": asdict(plan.cfg),
+        "best_trial": best.number if best else None, "trials": rows, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }, indent=1) + "\n")  # fmt: skip
+    if log:
+        log(format_trials(rows, plan.space, best.number if best else None))
+    summary = {"study": plan.name, "trials": rows, "best": None, "record": None, "trials_path": trials_path,
+               "results_path": plan.results_path, "figure": None, "replay": None}  # fmt: skip
+    if best is None:
+        if log:
+            log(f"no trial of study '{plan.name}' has completed yet")
+        return summary
+    summary.update(best=trial_row(best), replay=replay_command(plan.method, with_values(plan.cfg, best.params)))
+    names = important_params(study, plan.space)
+    fig = validation_map(rows, plan.space, names[:2], f"{plan.name}: validation macro F1 of {len(rows)} trials")
+    summary["figure"] = save_figure(fig, plan.results_dir / f"{plan.name}.png")
+    plt.close(fig)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        if log:
+            log(f"{len(running)} trial(s) still running in other workers: the last to finish scores the chosen one")
+        return summary
+    record = summary["record"] = score_on_test(plan, study, data, teacher, best, log)
+    if log:
+        t = record["test"]
+        log(f"\nchosen: trial {best.number} ({format_values(best.params)}), validation F1 {best.value:.4f}; "
+            f"test accuracy {t['accuracy']:.4f} F1 {t['f1']:.4f} (appended to {plan.results_path})")  # fmt: skip
+        log(f"replay: {summary['replay']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``sweep ...`` on its own (``main(["sweep", "--method", "logit", ...])``); exit codes as ``kd_utils.cli``."""
+    from .cli import OneLineParser, fail
+
+    parser = OneLineParser(prog="python -m kd_utils")
+    add_sweep_parser(parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser))
+    args = parser.parse_args(argv)
+    try:
+        run_sweep(args)
+    except (ValueError, FileNotFoundError, TimeoutError) as err:
+        return fail(parser.prog, str(err), 2)
+    return 0

@@ -1,0 +1,151 @@
+"""``sweep`` end to end on tiny synthetic data: trials chosen on validation, the test set read once at the end,
+grids run exactly their points, workers share one study, and a bad ``--param`` fails before any training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from subprocess import PIPE
+
+import optuna
+import pytest
+
+from kd_utils import cli, sweep
+from kd_utils.config import ExperimentConfig
+
+SMALL = [
+    "--dataset", "synthetic", "--train-size", "200", "--val-size", "50", "--test-size", "50", "--epochs", "1",
+    "--teacher-epochs", "1", "--batch-size", "32", "--device", "cpu", "--precision", "fp32", "--no-progress",
+]  # fmt: skip
+ROOT = Path(__file__).resolve().parents[1]
+WIRED = "sweep" in cli.get_args_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+MAIN = cli.main if WIRED else sweep.main  # through the CLI once the lead has added the subcommand
+ENTRY = ["-m", "kd_utils"] if WIRED else ["-c", "import sys; from kd_utils.sweep import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """Checkpoints shared by this module's sweeps: the teacher is trained once."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+def run_sweep_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = MAIN(["sweep", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tpe_sweep_chooses_on_validation_and_tests_the_chosen_run_once(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--trials", "3", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    code, out, err = run_sweep_cli(capsys, *args)
+    assert code == 0, err
+    name = "synthetic-logit-seed0"
+    saved = json.loads((results / f"{name}.json").read_text())
+    trials = saved["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2] and {t["state"] for t in trials} == {"COMPLETE"}
+    for t in trials:
+        assert "test" not in t and "test_last" not in t  # trials never read the test split
+        assert 1 <= t["params"]["temperature"] <= 10 and 0.1 <= t["params"]["alpha"] <= 1
+        assert t["best_epoch"] == 1 and t["val_f1"] == [t["best_val_f1"]]
+    best = max(trials, key=lambda t: (t["best_val_f1"], -t["number"]))
+    assert saved["best_trial"] == best["number"]
+
+    runs = json.loads((results / f"{name}-best.json").read_text())["runs"]
+    assert len(runs) == 1
+    record = runs[0]
+    assert record["name"] == "logit-tuned" and record["sweep"]["trial"] == best["number"]
+    assert set(record["test"]) >= {"accuracy", "f1"} and "test_last" in record
+    assert record["config"]["distill"]["temperature"] == best["params"]["temperature"]
+    # the chosen trial's run was loaded back, not trained again: same validation curve, same training time
+    assert [row["val_f1"] for row in record["history"]] == best["val_f1"]
+    assert record["best_val_f1"] == best["best_val_f1"] and record["seconds"] == best["seconds"]
+    assert (results / f"{name}.png").stat().st_size > 0
+    assert (results / "sweeps.db").exists()  # the default storage
+
+    replay = next(line for line in out.splitlines() if line.startswith("replay: ")).removeprefix("replay: ")
+    replayed = cli.config_from_args(cli.get_args_parser().parse_args(shlex.split(replay)[3:]))
+    assert replayed.distill.temperature == best["params"]["temperature"]
+    assert replayed.distill.alpha == best["params"]["alpha"] and replayed.train.epochs == 1
+
+    code, out, err = run_sweep_cli(capsys, *[a if a != "3" else "0" for a in args])  # --trials 0: finish only
+    assert code == 0, err
+    assert len(json.loads((results / f"{name}-best.json").read_text())["runs"]) == 1  # not appended twice
+
+
+def test_grid_sweep_runs_exactly_the_listed_values(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    code, out, err = run_sweep_cli(
+        capsys, "--method", "logit", "--sampler", "grid", "--param", "temperature=2,4", "--results-dir",
+        str(results), "--checkpoint-dir", str(ckpt), "--alpha", "0.5", *SMALL,
+    )  # fmt: skip
+    assert code == 0, err
+    trials = json.loads((results / "synthetic-logit-seed0.json").read_text())["trials"]
+    assert sorted(t["params"]["temperature"] for t in trials) == [2.0, 4.0]
+    assert all(t["params"].keys() == {"temperature"} and t["state"] == "COMPLETE" for t in trials)
+    record = json.loads((results / "synthetic-logit-seed0-best.json").read_text())["runs"][0]
+    assert record["config"]["distill"]["alpha"] == 0.5  # fixed flags stay fixed
+
+
+@pytest.mark.slow  # two fresh interpreters import torch: ~15 s on an idle 2-core machine, more under load
+def test_two_worker_processes_share_one_capped_study(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = [
+        "sweep", "--method", "logit", "--trials", "2", "--max-trials", "4", "--storage", storage,
+        "--results-dir", str(tmp_path / "sweeps"), "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    workers = [
+        subprocess.Popen([sys.executable, *ENTRY, *args], cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=240) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    trials = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # each number once, the total capped at 4
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    assert sum("loaded cached run" in out for out, _ in outputs) == 1  # the teacher was trained once
+    runs = json.loads((tmp_path / "sweeps" / "synthetic-logit-seed0-best.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 4  # scored once, after the last trial
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("nope=1:2", "--param nope=1:2: unknown setting 'nope'; choose from: alpha, temperature"),
+        ("temperature=-1:2", "--param temperature=-1:2: --temperature -1.0: must be > 0"),
+        ("alpha=0.5:2", "--param alpha=0.5:2: --alpha 2.0: must be in [0, 1]"),
+        ("temperature=2:1", "low < high"),
+        ("temperature=0:2:log", "a log range needs low > 0"),
+        ("spatial_size=1.5:3", "'1.5' is not an int"),
+        ("feature_kind=cosine,l1", "--feature-kind l1: choose from"),
+        ("level_weights=1,2", "fix it with --level-weights"),
+        ("temperature", "expected NAME=SPEC"),
+    ],
+)
+def test_bad_param_exits_2_with_one_line_before_any_work(capsys, tmp_path, param, message):
+    results, ckpt = tmp_path / "sweeps", tmp_path / "ckpt"
+    args = ["--method", "logit", "--param", param, "--results-dir", str(results), "--checkpoint-dir", str(ckpt)]
+    code, out, err = run_sweep_cli(capsys, *args, *SMALL)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not results.exists() and not ckpt.exists()  # nothing trained, nothing written
+
+
+def test_search_space_defaults_grids_and_caps():
+    cfg = ExperimentConfig()
+    assert sweep.parse_param("at_weight=1:100:log").grid() == (1.0, 10.0, 100.0)
+    assert sweep.parse_param("spatial_size=1:4").grid() == (1, 2, 4)  # int ranges stay ints
+    assert sweep.parse_param("feature_kind=cosine,mse").choices == ("cosine", "mse")
+    for method in sweep.SEARCH_SPACES:  # every default space passes the config's own checks
+        assert sweep.search_space(method, cfg)
+    short = ExperimentConfig(train=cfg.train.__class__(epochs=2))
+    hint = next(p for p in sweep.search_space("fitnets", short) if p.name == "hint_epochs")
+    assert hint.choices == (1, 2)  # capped at the run's epochs
+    assert set(sweep.SEARCH_SPACES) == set(sweep.STUDENT_METHODS)
