@@ -6,7 +6,9 @@
 Measures images per second of (1) batch delivery: TensorLoader vs torchvision DataLoader + PIL transforms
 with 0 and 2 workers, the same crop+flip+normalise on CIFAR-sized images; (2) a training step of the
 student and of the teacher, and teacher inference; (3) one distillation step per method; (4) one epoch of
-logit distillation the project's way vs a reference loop (DataLoader + PIL, fp32, teacher under no_grad).
+logit distillation the project's way vs a reference loop (DataLoader + PIL, fp32, teacher under no_grad);
+(5) the shared teacher: a logit-KD ``fit`` that reads the teacher's logits from a filled ``TeacherCache``
+against the baseline student's ``fit`` (labels only), same data and epochs, and the cache's size per epoch.
 Images are random uint8 CIFAR-shaped tensors: speed does not depend on their content.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,20 +30,25 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_utils.data import DATASETS, TensorLoader  # noqa: E402
+from kd_utils.data import DATASETS, DataSplits, TensorLoader  # noqa: E402
 from kd_utils.distill import DistillConfig, build_distiller  # noqa: E402
 from kd_utils.models import build_model, fuse_batchnorm  # noqa: E402
+from kd_utils.teacher_cache import TeacherCache, state_hash  # noqa: E402
 from kd_utils.train import (  # noqa: E402
+    EpochContext,
     TrainConfig,
     autocast,
     build_optimizer,
     device_name,
+    fit,
     resolve_device,
     resolve_precision,
     train_one_epoch,
 )
 
 INFO = DATASETS["cifar10"]
+SHARED_TEACHER_TARGET = 1.25  # CPU: logit-KD fit from stored teacher outputs <= 1.25x the baseline student's fit
+VAL_FRACTION = 10  # the shared-teacher fits validate on the last 1/VAL_FRACTION of the images
 
 
 class PILDataset(Dataset):
@@ -168,10 +176,11 @@ def project_epoch(images, labels, device, dtype, batch_size) -> float:
     opt = build_optimizer([p for p in distiller.parameters() if p.requires_grad], cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ctx = EpochContext(opt, scheduler, scaler, dtype, cfg)
     loader = TensorLoader(images, labels, INFO, batch_size, device, train=True, channels_last=True)
     sync(device)
     t0 = time.perf_counter()
-    train_one_epoch(distiller, loader, opt, scheduler, dtype, scaler, cfg, 1, None)
+    train_one_epoch(distiller, loader, ctx, 1)
     sync(device)
     return time.perf_counter() - t0
 
@@ -203,6 +212,87 @@ def reference_epoch(images, labels, device, batch_size, workers=2) -> float:
     return time.perf_counter() - t0
 
 
+def benchmark_splits(images: torch.Tensor, labels: torch.Tensor) -> DataSplits:
+    """The benchmark images as a study's splits: the last 1/VAL_FRACTION validates (and stands in as the test
+    split, which ``fit`` never reads)."""
+    n_val = max(1, len(labels) // VAL_FRACTION)
+    train_x, val_x = images[:-n_val], images[-n_val:]
+    train_y, val_y = labels[:-n_val], labels[-n_val:]
+    return DataSplits(INFO, train_x, train_y, val_x, val_y, val_x, val_y)
+
+
+def timed_fit(method: str, teacher, data: DataSplits, cfg: TrainConfig, cache: TeacherCache | None) -> float:
+    """Wall seconds of one whole ``fit`` (setup, epochs, validation) of a fresh student."""
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    distiller = build_distiller(method, build_model("student_cnn"), teacher)
+    sync(device)
+    t0 = time.perf_counter()
+    fit(distiller, data, cfg, teacher_cache=cache)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def pooled_epoch_bytes(teacher, data: DataSplits, cfg: TrainConfig, cache: TeacherCache) -> tuple[str, int]:
+    """Size on disk of one epoch of the hidden method's pooled teacher maps, stored the way ``fit`` stores them."""
+    device = resolve_device(cfg.device)
+    dtype = resolve_precision(cfg.precision, device)
+    distiller = build_distiller("hidden", build_model("student_cnn"), teacher).to(device)
+    distiller.to(memory_format=torch.channels_last)
+    loader = TensorLoader(data.train_x, data.train_y, INFO, cfg.batch_size, device, train=True, seed=cfg.seed,
+                          channels_last=True)  # fmt: skip
+    loader.set_epoch(1)
+    cache.epoch_targets(distiller, loader, dtype)
+    spec = distiller.target_spec()
+    return spec, cache.path(1, spec).stat().st_size
+
+
+def bench_shared_teacher(images, labels, device, precision, batch_size, epochs, repeats) -> dict:
+    """Seconds of a logit-KD ``fit`` served by a filled teacher cache vs the baseline student's ``fit``.
+
+    The cache is filled first by one logit-KD ``fit`` on the same stream (timed apart: ``fill_s``; it also
+    warms the process up). Then ``repeats`` rounds each time a baseline fit and a cached logit-KD fit, in turn,
+    so that drifts of a shared machine hit both; the medians are compared.
+    """
+    data = benchmark_splits(images, labels)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device=str(device), precision=precision, progress=False)
+    dtype = resolve_precision(precision, device)
+    torch.manual_seed(0)
+    teacher = fuse_batchnorm(build_model("teacher_cnn"))  # what the study distils from (fuse_teacher_bn)
+    stream = {"teacher": state_hash(teacher), "images": len(labels), "seed": cfg.seed, "batch_size": batch_size,
+              "precision": str(dtype), "device": device.type}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="kd-teacher-cache-") as root:
+        fill = TeacherCache(root, stream)
+        fill_s = timed_fit("logit", teacher, data, cfg, fill)
+        baseline_s, cached_s = [], []
+        for _ in range(repeats):
+            baseline_s.append(timed_fit("baseline", None, data, cfg, None))
+            cache = TeacherCache(root, stream)
+            cached_s.append(timed_fit("logit", teacher, data, cfg, cache))
+            if (cache.hits, cache.misses) != (epochs, 0):
+                raise RuntimeError(f"teacher cache served {cache.hits} of {epochs} epochs: the timing is not of reuse")
+        logits_spec = build_distiller("logit", build_model("student_cnn"), teacher).target_spec()
+        logits_bytes = [fill.path(e, logits_spec).stat().st_size for e in range(1, epochs + 1)]
+        pooled_spec, pooled_bytes = pooled_epoch_bytes(teacher, data, cfg, TeacherCache(root, stream))
+    baseline, cached = float(np.median(baseline_s)), float(np.median(cached_s))
+    return {
+        "epochs": epochs,
+        "train_images": len(data.train_y),
+        "val_images": len(data.val_y),
+        "repeats": repeats,
+        "baseline_s": baseline,
+        "cached_logit_kd_s": cached,
+        "baseline_runs_s": baseline_s,
+        "cached_logit_kd_runs_s": cached_s,
+        "fill_s": fill_s,
+        "ratio": cached / baseline,
+        "target": SHARED_TEACHER_TARGET,
+        "target_met": cached / baseline <= SHARED_TEACHER_TARGET,
+        "bytes_per_epoch": {"logits": int(np.median(logits_bytes)), "hidden_pooled": pooled_bytes},
+        "specs": {"logits": logits_spec, "hidden_pooled": pooled_spec},
+    }
+
+
 def describe(device: torch.device, dtype: torch.dtype) -> dict:
     return {
         "device": device_name(device),
@@ -223,10 +313,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per step benchmark")
     parser.add_argument("--short", action="store_true", help="tiny sizes: checks the benchmark runs (seconds)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd student and logit-KD steps")
+    parser.add_argument("--fit-epochs", type=int, default=2, help="epochs of each shared-teacher fit")
+    parser.add_argument("--fit-repeats", type=int, default=3, help="rounds of (baseline fit, cached logit-KD fit)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.short:
-        args.images, args.repeats, args.batch_size = 512, 2, 64
+        args.images, args.repeats, args.batch_size, args.fit_epochs, args.fit_repeats = 512, 2, 64, 1, 1
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     g = torch.Generator().manual_seed(0)
@@ -246,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict:
     epoch = {"project_s": project_epoch(images, labels, device, dtype, args.batch_size)}
     epoch["reference_s"] = reference_epoch(images, labels, device, args.batch_size)
     report["logit_kd_epoch"] = epoch
+    shared = bench_shared_teacher(
+        images, labels, device, args.precision, args.batch_size, args.fit_epochs, args.fit_repeats
+    )
+    report["shared_teacher"] = shared
 
     pipe, fast = report["pipeline_images_per_s"], report["fast_path_images_per_s"]
     report["pipeline_speedup"] = pipe["tensor_pipeline"] / pipe["dataloader_pil_2_workers"]
@@ -254,6 +350,9 @@ def main(argv: list[str] | None = None) -> dict:
         1 / fast["student_train_step"] + 1 / fast["teacher_inference"]
     )
     report["epoch_speedup"] = epoch["reference_s"] / epoch["project_s"]
+    report["shared_teacher_ratio"] = shared["ratio"]
+    report["teacher_cache_fill_seconds"] = shared["fill_s"]
+    report["teacher_cache_bytes_per_epoch"] = shared["bytes_per_epoch"]
     print(format_report(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +382,19 @@ def format_report(r: dict) -> str:
     lines.append(
         f"pipeline_speedup {r['pipeline_speedup']:.2f}x | kd_step_overhead {r['kd_step_overhead']:.3f} | "
         f"epoch_speedup {r['epoch_speedup']:.2f}x"
+    )
+    s = r["shared_teacher"]
+    lines.append(
+        f"shared teacher, {s['epochs']} epoch{'s' * (s['epochs'] != 1)} of {s['train_images']:,} images (median of {s['repeats']}): baseline fit "
+        f"{s['baseline_s']:.1f}s, logit-KD fit from the teacher cache {s['cached_logit_kd_s']:.1f}s "
+        f"(filling the cache: a logit-KD fit of {r['teacher_cache_fill_seconds']:.1f}s)"
+    )
+    verdict = "met" if s["target_met"] else "NOT met"
+    where = "" if r["device"].startswith("cpu") else " (the target is for the CPU)"
+    b = r["teacher_cache_bytes_per_epoch"]
+    lines.append(
+        f"shared_teacher_ratio {r['shared_teacher_ratio']:.3f} | target <= {s['target']:.2f}: {verdict}{where} | "
+        f"teacher cache per epoch: logits {b['logits']:,} B, hidden pooled maps {b['hidden_pooled']:,} B"
     )
     return "\n".join(lines)
 

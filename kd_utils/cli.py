@@ -159,10 +159,18 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "best by validation F1 again for --final-epochs next to a baseline as long; teacher and baseline come "
         "with every method",
     )  # fmt: skip
-    run.add_argument("--seeds", type=int, nargs="+", help="run every experiment once per training seed (default: --seed)")
-    run.add_argument("--teacher-per-seed", action="store_true", help="train one teacher per seed instead of sharing one")
-    run.add_argument("--final-epochs", type=int, default=FINAL_EPOCHS, help="epochs of the final run (--experiment study)")
-    run.add_argument("--results-path", default="runs/results.json", help="results file, .json (full) or .csv (a row per run)")
+    run.add_argument(
+        "--seeds", type=int, nargs="+", help="run every experiment once per training seed (default: --seed)"
+    )
+    run.add_argument(
+        "--teacher-per-seed", action="store_true", help="train one teacher per seed instead of sharing one"
+    )
+    run.add_argument(
+        "--final-epochs", type=int, default=FINAL_EPOCHS, help="epochs of the final run (--experiment study)"
+    )
+    run.add_argument(
+        "--results-path", default="runs/results.json", help="results file, .json (full) or .csv (a row per run)"
+    )
     add_config_flags(run)
 
     report = sub.add_parser("report", help="re-render Pictures/ and the README's result tables from saved results",
@@ -170,7 +178,9 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     report.add_argument("--results-dir", default="results", help="folder with <dataset>/runs.json")
     report.add_argument("--pictures-dir", default="Pictures", help="where figures are written")
     report.add_argument("--readme", default="README.md", help="README whose results blocks are rewritten")
-    report.add_argument("--data-dir", default=FLAGS["data-dir"].default, help="datasets for the sample grids (never downloaded)")
+    report.add_argument(
+        "--data-dir", default=FLAGS["data-dir"].default, help="datasets for the sample grids (never downloaded)"
+    )
 
     export = sub.add_parser("config", help="write a results record's settings as a --config TOML file that replays it",
                             formatter_class=HelpFormatter)  # fmt: skip
@@ -179,7 +189,9 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=None, help="the record of this training seed")
     export.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     sweep = add_sweep_parser(sub)
-    sweep.add_argument("--config", metavar="FILE", help="TOML file of settings (keys: the long option names); flags win")
+    sweep.add_argument(
+        "--config", metavar="FILE", help="TOML file of settings (keys: the long option names); flags win"
+    )
     return parser  # fmt: skip
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+import tomllib
 
 from .data import DataConfig
 from .distill import DistillConfig
@@ -86,9 +87,7 @@ FLAGS = {flag.name: flag for flag in flag_table()}
 
 def to_flags(cfg: ExperimentConfig) -> dict[str, object]:
     """``{flag name: value}`` for every field."""
-    return {
-        name: getattr(getattr(cfg, f.section) if f.section else cfg, f.attr) for name, f in FLAGS.items()
-    }
+    return {name: getattr(getattr(cfg, f.section) if f.section else cfg, f.attr) for name, f in FLAGS.items()}
 
 
 def from_flags(values: dict[str, object]) -> ExperimentConfig:
@@ -181,4 +180,3 @@ def record_to_toml(record: dict) -> str:
     cfg = from_dict(record["config"])
     seed_note = f"# replays run '{record.get('name', record['experiment'])}' of {record.get('timestamp', '?')}\n"
     return seed_note + to_toml({"experiment": record["experiment"], **to_flags(cfg)})
-

@@ -318,7 +318,9 @@ class HintDistiller(Distiller):
         if pair is None:
             raise ValueError(f"--hint-level {level}: the student stage has no teacher stage to match")
         self.pairs = [pair]
-        self.adapters = nn.ModuleList([FeatureRegressor(student.feature_channels[level], teacher.feature_channels[pair[1]])])
+        self.adapters = nn.ModuleList(
+            [FeatureRegressor(student.feature_channels[level], teacher.feature_channels[pair[1]])]
+        )
         self.frozen = freeze_after(student, level)
 
     def forward(self, x, y, targets=None):

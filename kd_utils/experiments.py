@@ -135,7 +135,9 @@ def run_dir(cfg: ExperimentConfig, experiment: str, teacher: FrozenTeacher | Non
     seed, data = cfg.train.seed, shaping(cfg.data, DATA_KEYS)
     if experiment == "teacher":
         keys = {"data": data, "train": shaping(cfg.teacher_train_config(), TRAIN_KEYS), "arch": cfg.teacher}
-        return Path(cfg.checkpoint_dir) / "teachers" / f"{cfg.data.dataset}-{cfg.teacher}-seed{seed}-{config_hash(keys)}"
+        return (
+            Path(cfg.checkpoint_dir) / "teachers" / f"{cfg.data.dataset}-{cfg.teacher}-seed{seed}-{config_hash(keys)}"
+        )
     keys = {"data": data, "train": shaping(cfg.train, TRAIN_KEYS), "arch": cfg.student, "init": cfg.student_checkpoint}
     if experiment != "baseline":
         keys.update(distill=asdict(cfg.distill), teacher=teacher.weights_hash if teacher else None)
@@ -219,7 +221,9 @@ def teacher_cache_for(cfg: ExperimentConfig, teacher: FrozenTeacher | None) -> T
     return TeacherCache(Path(cfg.checkpoint_dir) / "teacher_outputs", stream)
 
 
-def _fit_method(method, cfg, data, teacher, folder, log, name, train_cfg, on_epoch) -> tuple[nn.Module, FitResult, dict]:
+def _fit_method(
+    method, cfg, data, teacher, folder, log, name, train_cfg, on_epoch
+) -> tuple[nn.Module, FitResult, dict]:
     """Train one student (two stages for fitnets); returns the student, the fit result and extra record fields."""
     info = data.info
     torch.manual_seed(cfg.train.seed)
@@ -334,7 +338,9 @@ def load_cached_run(experiment, cfg, data, folder, log, name) -> tuple[nn.Module
     try:
         saved = json.loads((folder / "run.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"cached run {folder / 'run.json'} is damaged; delete the folder {folder} to retrain") from None
+        raise ValueError(
+            f"cached run {folder / 'run.json'} is damaged; delete the folder {folder} to retrain"
+        ) from None
     record = {**saved, "cached": True, "name": name, "config": asdict(cfg), "data_sizes": data.sizes()}
     record["test"] = test_metrics(model, data, cfg)
     last = last_epoch_model(model, folder)
@@ -362,7 +368,9 @@ def teacher_val_accuracy(teacher: nn.Module, data: DataSplits, cfg: ExperimentCo
     return evaluate(teacher.to(device), loader, data.info.classes)["accuracy"]
 
 
-def prepare_teacher(cfg: ExperimentConfig, data: DataSplits, log: Callable[[str], None] | None = print) -> FrozenTeacher:
+def prepare_teacher(
+    cfg: ExperimentConfig, data: DataSplits, log: Callable[[str], None] | None = print
+) -> FrozenTeacher:
     """The teacher for distillation, the same way for the CLI and the notebooks: from ``--teacher-checkpoint``,
     the cache or a fresh run; refused when near chance (unless ``allow_weak_teacher``); frozen, eval mode,
     BatchNorm folded into its convs when ``fuse_teacher_bn`` (same outputs, a faster forward)."""

@@ -277,9 +277,13 @@ def reference_for(name: str, grouped: dict[str, dict[int, dict]]) -> str | None:
     """The labels-only run a student run is paired with: the baseline of the same length."""
     seeds = grouped[name]
     epochs = {record_epochs(r) for r in seeds.values()}
-    suffix = name[name.index("@"):] if "@" in name else ""
+    suffix = name[name.index("@") :] if "@" in name else ""
     for candidate in (f"baseline{suffix}", f"final-baseline{suffix}"):
-        if candidate in grouped and candidate != name and {record_epochs(r) for r in grouped[candidate].values()} == epochs:
+        if (
+            candidate in grouped
+            and candidate != name
+            and {record_epochs(r) for r in grouped[candidate].values()} == epochs
+        ):
             return candidate
     return None
 

@@ -257,7 +257,11 @@ BAD_INPUTS = {
     "config file with an unknown key": (["--config", "unknown_key_toml"], "unknown key 'temprature'"),
     "config file with a wrong type": (["--config", "wrong_type_toml"], "'epochs = \"two\"' has the wrong type"),
 }
-VALID_EARLIER = {"experiment": "earlier", "config": {}, "test": {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}}
+VALID_EARLIER = {
+    "experiment": "earlier",
+    "config": {},
+    "test": {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5},
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -269,7 +273,11 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, bad_checkpoints, case
     before = results.read_bytes()
     (tmp_path / "unknown.toml").write_text("temprature = 3.0\n")
     (tmp_path / "wrong_type.toml").write_text('epochs = "two"\n')
-    files = {**bad_checkpoints, "unknown_key_toml": tmp_path / "unknown.toml", "wrong_type_toml": tmp_path / "wrong_type.toml"}
+    files = {
+        **bad_checkpoints,
+        "unknown_key_toml": tmp_path / "unknown.toml",
+        "wrong_type_toml": tmp_path / "wrong_type.toml",
+    }
     if extra == ["RESULTS_TXT"]:
         results, extra = tmp_path / "results.txt", []
     if extra == ["RESULTS_DIR"]:
@@ -312,7 +320,17 @@ def test_divergence_exits_3_naming_the_run_and_saves_no_non_finite_state(capsys,
 def test_a_run_that_stays_at_chance_is_flagged(capsys, tmp_path):
     results = tmp_path / "r.json"
     # a learning rate that leaves the student guessing: every image ends up in one class
-    args = (*SMALL, "--experiment", "baseline", "--lr", "60", "--optimizer", "sgd", "--checkpoint-dir", str(tmp_path / "ck"))
+    args = (
+        *SMALL,
+        "--experiment",
+        "baseline",
+        "--lr",
+        "60",
+        "--optimizer",
+        "sgd",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    )
     code, out, err = run_cli(capsys, *args, "--results-path", str(results))
     record = load_results(results)[-1] if results.exists() else None
     if code == 3:  # diverged outright: also acceptable, but then this test cannot check the flag

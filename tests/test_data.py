@@ -674,3 +674,35 @@ def test_prepare_data_labeled_fraction_near_one_leaves_one_unlabeled_per_class()
     assert data.sizes()["labeled"] == 990
     true_labels = prepare_data(DataConfig(dataset="synthetic")).train_y
     assert torch.bincount(true_labels[~data.labeled], minlength=10).tolist() == [1] * 10
+
+
+def test_random_erasing_fills_one_rectangle_per_chosen_image_with_the_mean_pixel():
+    from kd_utils.data import random_erasing
+
+    x = torch.full((64, 1, 28, 28), 255, dtype=torch.uint8)
+    fill = torch.tensor([73], dtype=torch.uint8).view(1, -1, 1, 1)
+    out = random_erasing(x, 1.0, fill, torch.Generator().manual_seed(0))
+    for img in out:
+        erased = (img[0] == 73).nonzero()
+        assert len(erased) > 0
+        rows, cols = erased[:, 0], erased[:, 1]
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert len(erased) == h * w  # one solid rectangle
+        assert 0.02 * 784 * 0.5 <= h * w <= 0.33 * 784 * 1.5  # area fraction 2-33% (sides rounded and clipped)
+    untouched = random_erasing(x, 0.0, fill, torch.Generator().manual_seed(0))
+    assert torch.equal(untouched, x)
+    half = random_erasing(x, 0.5, fill, torch.Generator().manual_seed(1))
+    changed = (half != 255).flatten(1).any(1).float().mean().item()
+    assert 0.25 < changed < 0.75
+
+
+def test_loader_with_random_erasing_is_deterministic_per_epoch(plain_info):
+    images = torch.full((40, 3, 16, 16), 200, dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    loader = TensorLoader(images, labels, plain_info, 40, train=True, seed=3, random_erasing=1.0)
+    loader.set_epoch(2)
+    first = loader.epoch_tensors()[0]
+    assert torch.equal(first, loader.epoch_tensors()[0])
+    assert (first != 200).flatten(1).any(1).all()  # every image erased at p = 1
+    loader.set_epoch(3)
+    assert not torch.equal(first, loader.epoch_tensors()[0])

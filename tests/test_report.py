@@ -8,10 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from kd_utils.cli import main
 import torch
 
+from kd_utils.cli import main
 from kd_utils.experiments import encode_correct
 from kd_utils.report import (
     FIGURES,
@@ -112,7 +111,10 @@ def test_notebook_times_table_reads_what_the_notebooks_saved(tmp_path):
     (tmp_path / "fashion-mnist").mkdir()
     (tmp_path / "fashion-mnist" / "notebooks.json").write_text(json.dumps({"notebooks": {"00_a": entry}}))
     table = notebook_times(tmp_path)
-    assert table.splitlines()[2] == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
+    assert (
+        table.splitlines()[2]
+        == "| `00_a` | full | fashion-mnist | cpu: Xeon | bfloat16 | 2026-11-23 18:13 UTC | 25.0 |"
+    )
     assert notebook_times(tmp_path / "missing") is None
 
 

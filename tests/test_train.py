@@ -13,7 +13,7 @@ import kd_utils.train as train_mod
 from kd_utils.data import TensorLoader
 from kd_utils.distill import DistillConfig, Distiller, build_distiller
 from kd_utils.models import build_model
-from kd_utils.train import NonFiniteLossError, check_resumable, evaluate, fit, lr_factor
+from kd_utils.train import NonFiniteLossError, TrainConfig, check_resumable, evaluate, fit, lr_factor
 
 TIMING_KEYS = {"seconds", "images_per_s"}  # wall-clock columns of the history, never reproducible
 
@@ -235,3 +235,85 @@ def test_fit_on_an_unlabeled_training_set(small_splits, tiny_train_config):
     distiller = build_distiller("logit", build_model("student_cnn"), teacher, DistillConfig(alpha=1.0))
     result = fit(distiller, data, tiny_train_config)
     assert math.isfinite(result.history[0]["kd"]) and result.history[0]["ce"] == 0.0
+
+
+# --- precision: what "auto" picks on each kind of hardware ------------------------------------------------
+
+
+def fake_cuda(monkeypatch, major: int, emulated_bf16: bool = True):
+    """Pretend to be a CUDA device of compute capability ``major``.x (T4: 7.5, A100: 8.0); torch's own
+    ``is_bf16_supported`` runs against it, so its emulation rule is what is tested."""
+    props = type("Props", (), {"major": major, "minor": 5 if major == 7 else 0})()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: emulated_bf16, raising=False)
+
+
+def test_auto_precision_on_a_t4_is_fp16_even_though_bf16_is_emulated(monkeypatch):
+    fake_cuda(monkeypatch, major=7)
+    assert torch.cuda.is_bf16_supported()  # torch says yes by default (emulation): the trap
+    assert train_mod.resolve_precision("auto", torch.device("cuda")) == torch.float16
+
+
+def test_auto_precision_on_an_a100_is_bf16(monkeypatch):
+    fake_cuda(monkeypatch, major=8)
+    assert train_mod.resolve_precision("auto", torch.device("cuda")) == torch.bfloat16
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_a_cpu_follows_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    assert train_mod.resolve_precision("auto", torch.device("cpu")) == expected
+
+
+def test_explicit_precisions_and_a_bad_one():
+    cpu = torch.device("cpu")
+    assert [train_mod.resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == [
+        torch.float32, torch.bfloat16, torch.float16,
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="--precision fp8: choose from"):
+        train_mod.resolve_precision("fp8", cpu)
+
+
+def test_fp16_trains_through_a_gradient_scaler(small_splits, tiny_train_config, monkeypatch):
+    """fp16 (what a T4 gets) runs with an enabled GradScaler: the loss is scaled before backward and the
+    optimiser step goes through the scaler (which skips steps whose gradients overflowed)."""
+    scaled, stepped = [], []
+    real_scaler = torch.amp.GradScaler
+
+    class SpyScaler(real_scaler):
+        def scale(self, outputs):
+            scaled.append(self.is_enabled())
+            return super().scale(outputs)
+
+        def step(self, optimizer, *args, **kwargs):
+            stepped.append(self.is_enabled())
+            return super().step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
+    cfg = dataclasses.replace(tiny_train_config, precision="fp16")
+    result = fit(make_distiller(), small_splits, cfg)
+    assert scaled and all(scaled) and len(stepped) == len(scaled)
+    assert math.isfinite(result.history[0]["loss"]) and result.best_val_f1 > 0
+    cfg32 = dataclasses.replace(tiny_train_config, precision="fp32")
+    scaled.clear()
+    fit(make_distiller(), small_splits, cfg32)
+    assert scaled and not any(scaled)  # fp32: the scaler is a pass-through
+
+
+def test_device_strings_are_checked_up_front():
+    assert train_mod.resolve_device("cpu") == torch.device("cpu")
+    for bad in ("nonsense", "gpu", "cuda:x"):
+        with pytest.raises(ValueError, match=f"--device {bad}"):
+            train_mod.resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            train_mod.resolve_device("cuda")
+
+
+def test_train_config_refuses_non_finite_numbers_naming_the_flag():
+    for field, value in (("lr", float("inf")), ("weight_decay", float("nan")), ("random_erasing", 1.5)):
+        with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} "):
+            TrainConfig(**{field: value}).validate()
+    TrainConfig().validate()
