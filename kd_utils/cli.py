@@ -36,9 +36,9 @@ HELP = {
     "dataset": "dataset (CIFAR downloads through torchvision on first use)",
     "data-dir": "dataset folder",
     "download": "download a missing dataset through torchvision (needs network)",
-    "val-size": "validation images carved from train, stratified (default: the dataset's, 5000)",
-    "train-size": "stratified training subset (default: all)",
-    "test-size": "stratified test subset (default: all)",
+    "val-size": "validation images carved from train, stratified; None: the dataset's (5000)",
+    "train-size": "stratified training subset; None: all",
+    "test-size": "stratified test subset; None: all",
     "labeled-fraction": "fraction of training labels used (teacher terms still see every image), in (0, 1]",
     "split-seed": "seed of the validation split and subsets (kept fixed across --seeds)",
     "epochs": "student epochs",
@@ -76,7 +76,7 @@ HELP = {
     "rkd-distance-weight": "RKD: distance-wise weight",
     "rkd-angle-weight": "RKD: angle-wise weight",
     "hint-epochs": "fitnets: stage-1 (hint) epochs",
-    "hint-level": "fitnets: student stage that is guided (default: the middle one)",
+    "hint-level": "fitnets: student stage that is guided; None: the middle one",
     "teacher": f"teacher architecture: {' | '.join(list_models())} | timm:NAME | tv:NAME",
     "student": "student architecture (as --teacher)",
     "teacher-epochs": "teacher epochs",
@@ -160,7 +160,7 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "with every method",
     )  # fmt: skip
     run.add_argument(
-        "--seeds", type=int, nargs="+", help="run every experiment once per training seed (default: --seed)"
+        "--seeds", type=int, nargs="+", help="run every experiment once per training seed; None: --seed alone"
     )
     run.add_argument(
         "--teacher-per-seed", action="store_true", help="train one teacher per seed instead of sharing one"

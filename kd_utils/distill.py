@@ -4,8 +4,7 @@ into ``(loss, student_logits, parts)``, where ``parts`` names the detached loss 
 The teacher's contribution is a dict of *targets* (``teacher_targets``): its logits, its stage maps pooled to a
 small size, or its full maps. Targets made only of logits and pooled maps are a function of the input batch
 alone, so the trainer may compute them once per data stream and reuse them (``kd_utils.teacher_cache``);
-passing them in gives bit-identical results to computing them here. Pooled maps are rounded through float16
-in both paths, which is what lets them be stored compactly.
+passing them in gives bit-identical results to computing them here.
 
 The trainer optimises every parameter that requires grad, so adapters (the regressors) train with the
 student; the teacher's parameters never require grad and it stays in eval mode whatever ``.train()`` says.
@@ -99,8 +98,8 @@ def matched_levels(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
 
 
 def pooled(x: Tensor, size: int) -> Tensor:
-    """``(B, C, size, size)`` average-pooled map, rounded through float16 (the form the teacher cache stores)."""
-    return F.adaptive_avg_pool2d(x.float(), size).half().float()
+    """``(B, C, size, size)`` average-pooled map in float32 (the form the teacher cache stores)."""
+    return F.adaptive_avg_pool2d(x.float(), size)
 
 
 class Distiller(nn.Module):

@@ -22,10 +22,10 @@ from torch import nn
 
 from .config import ExperimentConfig
 from .data import DataSplits, TensorLoader, dataset_info, prepare_data
-from .distill import DISTILLERS, build_distiller
+from .distill import DISTILLERS, DistillConfig, build_distiller
 from .metrics import classification_metrics
 from .models import build_model, check_model_name, count_parameters, fuse_batchnorm
-from .results import append_run, atomic_write
+from .results import append_run, atomic_write, load_runs
 from .teacher_cache import TeacherCache, state_hash
 from .train import (
     FitResult,
@@ -334,12 +334,12 @@ def load_cached_run(experiment, cfg, data, folder, log, name) -> tuple[nn.Module
     torch.manual_seed(cfg.train.seed)
     arch = cfg.teacher if experiment == "teacher" else cfg.student
     model = build_model(arch, data.info.in_channels, data.info.num_classes)
-    load_weights(model, folder / "best.pt", experiment)
     try:
+        load_weights(model, folder / "best.pt", experiment)
         saved = json.loads((folder / "run.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
         raise ValueError(
-            f"cached run {folder / 'run.json'} is damaged; delete the folder {folder} to retrain"
+            f"the cached {experiment} in {folder} is damaged; delete that folder and the {experiment} is trained again"
         ) from None
     record = {**saved, "cached": True, "name": name, "config": asdict(cfg), "data_sizes": data.sizes()}
     record["test"] = test_metrics(model, data, cfg)
@@ -464,6 +464,51 @@ def run_study(
             long_cfg = replace(cfg, train=replace(cfg.train, seed=seed, epochs=final_epochs))
             done(train_experiment("baseline", long_cfg, data, log=log, name="final-baseline")[1])
             done(train_experiment(best, long_cfg, data, teacher, log, name="final")[1])
+    return records
+
+
+def tuned_settings(sweeps_dir: str | Path | None, method: str) -> tuple[dict | None, str]:
+    """The distillation settings a sweep chose for ``method`` by validation F1 (the latest ``<method>-tuned``
+    record under ``sweeps_dir``), and where they come from; ``(None, "defaults")`` without one."""
+    found, source = None, "defaults"
+    for path in sorted(Path(sweeps_dir).glob("*.json")) if sweeps_dir and Path(sweeps_dir).is_dir() else []:
+        try:
+            runs = load_runs(path)
+        except ValueError:
+            continue  # a trials file, not a results file
+        latest = next((r for r in reversed(runs) if r.get("name") == f"{method}-tuned"), None)
+        if latest is not None:
+            found, source = latest, f"sweep {path.name} ({latest.get('timestamp', '?')})"
+    return (found["config"]["distill"] if found else None), source
+
+
+def compare_methods(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    teacher: FrozenTeacher,
+    methods: list[str],
+    seeds: list[int],
+    sweeps_dir: str | Path | None = None,
+    results_path: str | Path | None = None,
+    log: Callable[[str], None] | None = print,
+) -> list[dict]:
+    """Every method at its tuned setting (``tuned_settings``, else the defaults) and the baseline, once per
+    training seed, all with the same teacher; each record appended to ``results_path``."""
+    settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
+    records = []
+    for seed in seeds:
+        seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed))
+        runs = [("baseline", seed_cfg, None)]
+        for method in methods:
+            tuned, _ = settings[method]
+            distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
+            runs.append((method, replace(seed_cfg, distill=distill), teacher))
+        for experiment, run_cfg, run_teacher in runs:
+            _, record = train_experiment(experiment, run_cfg, data, run_teacher, log)
+            record["settings_from"] = settings[experiment][1] if experiment in settings else "labels only"
+            if results_path is not None:
+                append_run(results_path, record)
+            records.append(record)
     return records
 
 

@@ -42,9 +42,11 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BRANCH = "main"  # the branch Colab badges open
 
 PROFILES: dict[str, dict] = {
-    "full": {"teacher_epochs": 15, "epochs": 15, "final_epochs": FINAL_EPOCHS},
+    # the teacher: 40 epochs with random erasing (p = 0.5), the strong teacher of the stored study
+    "full": {"teacher_epochs": 40, "teacher_random_erasing": 0.5, "epochs": 15, "final_epochs": FINAL_EPOCHS,
+             "seeds": (0, 1, 2)},
     "smoke": {"teacher_epochs": 2, "epochs": 2, "final_epochs": 3, "train_size": 2000, "val_size": 500,
-              "test_size": 1000},
+              "test_size": 1000, "seeds": (0, 1)},
 }  # fmt: skip
 STUDY_METHODS = ("logit", "hidden", "regressor")  # the methods of notebooks 01-03; notebook 04 picks among them
 
@@ -142,6 +144,7 @@ class Session:
     precision: str  # the autocast dtype the runs use, e.g. "bfloat16" ("float32": no autocast)
     started: str  # UTC, to the minute
     drive: bool = False  # outputs go to Google Drive
+    seeds: tuple[int, ...] = (0,)  # training seeds of the multi-seed comparisons (04's final run, 05)
     start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -151,6 +154,10 @@ class Session:
     def final_config(self) -> ExperimentConfig:
         """The students' config with the final run's epochs."""
         return replace(self.cfg, train=replace(self.cfg.train, epochs=self.final_epochs))
+
+    def seed_configs(self, cfg: ExperimentConfig) -> list[ExperimentConfig]:
+        """``cfg`` once per seed of the session (its own seed first)."""
+        return [replace(cfg, train=replace(cfg.train, seed=seed)) for seed in self.seeds]
 
     def save(self, record: dict) -> dict:
         """Append a run's record to ``runs.json``; returns it."""
@@ -225,6 +232,7 @@ def setup(
     paths = study_paths(profile, dataset, values["output_dir"] or None, drive)
     knobs = dict(PROFILES[profile])
     final_epochs = knobs.pop("final_epochs")
+    seeds = tuple(dict.fromkeys((values["seed"], *knobs.pop("seeds"))))  # the session's seed first
     if values["epochs"]:
         knobs["epochs"] = values["epochs"]
     cfg = from_flags({
@@ -236,7 +244,7 @@ def setup(
     device = resolve_device(cfg.train.device)
     dtype = str(resolve_precision(cfg.train.precision, device)).removeprefix("torch.")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    session = Session(notebook, profile, cfg, paths, final_epochs, device, dtype, started, drive)
+    session = Session(notebook, profile, cfg, paths, final_epochs, device, dtype, started, drive, seeds)
     if log:
         log(session.run_info())
         log(

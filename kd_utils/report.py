@@ -192,6 +192,34 @@ def methods_per_class_figure(grouped: dict[str, dict[int, dict]]) -> plt.Figure 
     return plots.per_class_heatmap(values, classes, figure_title(some, "per-class test F1, mean over seeds"))
 
 
+def comparison_conclusion(rows: list[dict]) -> str:
+    """Which runs beat labels alone, which are within noise and which are worse, by their paired intervals."""
+    verdicts: dict[str, list[str]] = {"beat": [], "noise": [], "worse": [], "one seed": []}
+    for row in rows:
+        gain = row["gain"]
+        if gain is None:
+            continue
+        key = ("one seed" if gain.within_noise is None else "noise" if gain.within_noise
+               else "beat" if gain.mean > 0 else "worse")  # fmt: skip
+        verdicts[key].append(f"{label(row['name'], row['record'])} ({gain.mean:+.4f})")
+    parts = [
+        f"beat labels alone (95% interval above 0): {', '.join(verdicts['beat']) or 'none'}",
+        f"within noise (interval contains 0): {', '.join(verdicts['noise']) or 'none'}",
+        f"worse than labels alone: {', '.join(verdicts['worse']) or 'none'}",
+    ]
+    if verdicts["one seed"]:
+        parts.append(f"one seed, no interval: {', '.join(verdicts['one seed'])}")
+    return "; ".join(parts) + "."
+
+
+def render_seed_figure(figure: str, records: list[dict], dataset: str, pictures: Path) -> plt.Figure | None:
+    """Draw one of ``SEED_FIGURES`` from every record (all seeds) and save it under ``pictures``."""
+    fig = SEED_FIGURES[figure](group_runs(records))
+    if fig is not None:
+        plots.save_figure(fig, figure_path(pictures, dataset, figure))
+    return fig
+
+
 SEED_FIGURES: dict[str, Callable[[dict[str, dict[int, dict]]], plt.Figure | None]] = {
     "methods_f1": methods_f1_figure,
     "methods_per_class_f1": methods_per_class_figure,

@@ -8,8 +8,8 @@ run that needs them, stored as ``epoch{e:03d}-{spec}.pt`` in the stream's folder
 A reused target is the very tensor the teacher produced, so training is bit-identical to recomputing it.
 
 Size on disk per epoch: ``N x (K x 4 + sum_l C_l x s^2 x 4)`` bytes for N training images, K classes and
-pooled maps of C_l channels at s x s (float32 holding float16-rounded values: 55,000 Fashion-MNIST images,
-logits alone 2.2 MB; with the three pooled stages of teacher_cnn at s = 1, 101 MB).
+pooled maps of C_l channels at s x s, all float32: 55,000 Fashion-MNIST images, logits alone 2.2 MB; with the
+three pooled stages of teacher_cnn at s = 1, 101 MB).
 """
 
 from __future__ import annotations

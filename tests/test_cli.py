@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 from pathlib import Path
 
@@ -444,3 +445,38 @@ def test_cached_runs_are_scored_on_the_current_test_set(capsys, cache_dir, tmp_p
     assert run_cli(capsys, *args, "--test-size", "100", "--results-path", str(results))[0] == 0
     counted = {r["experiment"]: sum(map(sum, r["test"]["confusion_matrix"])) for r in load_results(results)}
     assert counted == {"teacher": 100, "baseline": 100, "logit": 100}
+
+
+def test_a_damaged_cached_teacher_names_its_folder(capsys, tmp_path):
+    ck, results = tmp_path / "ck", tmp_path / "r.json"
+    args = (*SMALL, "--experiment", "teacher", "--checkpoint-dir", str(ck))
+    assert run_cli(capsys, *args, "--results-path", str(results))[0] == 0
+    best = next(ck.glob("teachers/*/best.pt"))
+    best.write_bytes(best.read_bytes()[:100])
+    before = results.read_bytes()
+    code, out, err = run_cli(
+        capsys, *SMALL, "--experiment", "logit", "--checkpoint-dir", str(ck), "--results-path", str(results)
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"the cached teacher in {best.parent} is damaged; delete that folder" in err
+    assert "--teacher-checkpoint" not in err  # the user passed none
+    assert results.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_the_original_timm_pair_runs_every_method_end_to_end(capsys, tmp_path):
+    pytest.importorskip("timm")
+    results = tmp_path / "r.json"
+    args = ["--dataset", "synthetic", "--train-size", "100", "--val-size", "50", "--test-size", "50", "--batch-size", "25",
+            "--epochs", "1", "--teacher-epochs", "1", "--hint-epochs", "1", "--no-progress", "--device", "cpu",
+            "--precision", "fp32", "--allow-weak-teacher", "--teacher", "timm:efficientnet_b0",
+            "--student", "timm:mobilenetv3_small_100"]  # fmt: skip
+    code, out, err = run_cli(capsys, *args, "--experiment", "all", "--checkpoint-dir", str(tmp_path / "ck"),
+                             "--results-path", str(results))  # fmt: skip
+    assert code == 0, err
+    runs = load_results(results)
+    assert [r["name"] for r in runs] == ["teacher", "baseline", *STUDENT_METHODS]
+    for record in runs:
+        check_record(record)
+        assert all(math.isfinite(row["loss"]) for row in record["history"])
+    assert runs[0]["config"]["teacher"] == "timm:efficientnet_b0" and runs[0]["params"] > runs[1]["params"]

@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = ["00_baseline", "01_logit_distillation", "02_hidden_state_imitation", "03_feature_regressor", "04_final_run"]
+EXPECTED = ["00_baseline", "01_logit_distillation", "02_hidden_state_imitation", "03_feature_regressor", "04_final_run",
+            "05_method_comparison"]  # fmt: skip
 RUN_INFO = re.compile(
     r"run info \| profile: (\w+) \| dataset: ([\w-]+) \| seed: \d+ \| device: [^|]+\|.*precision: \w+"
 )

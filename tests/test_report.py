@@ -139,7 +139,9 @@ def test_comparison_pairs_seeds_and_reads_intervals():
     assert hidden.mean == pytest.approx(0.0, abs=1e-12) and hidden.within_noise
     assert logit.p_holm == pytest.approx(min(1.0, 2 * logit.p_value))  # the smaller of two p-values, times 2
     table = comparison_table(list(rows.values()))
-    assert "| logit | 3 | 0.8310 ± 0.0100 |" in table and "beats labels alone" in table and "within noise" in table
+    assert (
+        "| logit | 3 | 0.8310 ± 0.0105 |" in table
+    )  # 0.820, 0.841, 0.832: sample std 0.01054 and "beats labels alone" in table and "within noise" in table
 
 
 def test_final_is_paired_with_the_baseline_of_its_length_and_mcnemar_reads_correctness():

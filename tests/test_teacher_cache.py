@@ -123,7 +123,7 @@ def test_files_one_per_epoch_loadable_and_sized(small_splits, train_cfg, tmp_pat
     assert torch.equal(stored[0]["logits"], inline)
 
 
-def test_pooled_files_hold_float16_values_per_level(small_splits, train_cfg, tmp_path):
+def test_pooled_files_hold_float32_maps_per_level(small_splits, train_cfg, tmp_path):
     cache = TeacherCache(tmp_path, STREAM)
     distiller = make("hidden")
     fit(distiller, small_splits, dataclasses.replace(train_cfg, epochs=1), teacher_cache=cache)
@@ -134,7 +134,7 @@ def test_pooled_files_hold_float16_values_per_level(small_splits, train_cfg, tmp
     for level, channels in enumerate(distiller.teacher.feature_channels):
         t = stored[f"pooled.{level}"]
         assert t.shape == (192, channels, 1, 1)
-        assert torch.equal(t.half().float(), t)  # stored compactly representable
+        assert t.dtype == torch.float32  # exactly what the distiller computes inline (no rounding)
 
 
 def test_damaged_file_is_recomputed_not_trusted(small_splits, train_cfg, tmp_path):
