@@ -1,8 +1,8 @@
 # Two entry points for a fresh clone; each sets up what it needs first.
-#   make demo   quick offline study on Fashion-MNIST (CPU, a few minutes), prints the summary table
+#   make demo   quick offline run of every method on Fashion-MNIST (CPU, tens of minutes), prints the summary table
 #   make test   the test suite: pytest tests/, then the notebooks through nbval (smoke profile)
 #   make report re-render Pictures/ and the README tables from results/
-#   make study  the stored full-profile study: notebooks 00-04 on Fashion-MNIST, outputs kept in notebooks/
+#   make study  the stored full-profile study: notebooks 00-05 on Fashion-MNIST, outputs kept in notebooks/
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -34,7 +34,7 @@ test: setup data  # unit tests, then every notebook executed in the smoke profil
 
 # Each notebook is executed into checkpoints/notebooks/ (written when it finishes); one already there is not
 # run again, so after an interruption `make study` goes on with the first unfinished notebook, which resumes
-# its training from checkpoints/. The executed notebooks replace the committed ones only when all five ran.
+# its training from checkpoints/. The executed notebooks replace the committed ones only when all six ran.
 STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebooks/0*.ipynb))
 
 checkpoints/notebooks/%.ipynb: | setup data
