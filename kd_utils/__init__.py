@@ -1,7 +1,8 @@
 """kd_utils: knowledge distillation from a large teacher CNN to a small student CNN.
 
 The pipeline, one module per step: data -> models -> losses -> distill -> train (teacher_cache) -> metrics ->
-plots -> results -> config -> experiments -> stats -> report -> cli; profiles holds the notebooks' settings.
+plots -> results -> config -> experiments -> stats -> sweep -> report -> cli; notebook holds the notebooks'
+profiles, setup and closing cell.
 """
 
 from .config import ExperimentConfig

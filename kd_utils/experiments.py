@@ -9,6 +9,7 @@ the selected (best validation F1) epoch and the last epoch.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import time
@@ -254,8 +255,6 @@ def last_epoch_model(model: nn.Module, folder: Path) -> nn.Module | None:
     """A copy of ``model`` with the last epoch's weights (from ``last.pt``), or None without one."""
     if not (folder / "last.pt").exists():
         return None
-    import copy
-
     last = copy.deepcopy(model)
     last.load_state_dict(load_checkpoint_file(folder / "last.pt")["model"])
     return last
