@@ -152,3 +152,22 @@ def test_final_is_paired_with_the_baseline_of_its_length_and_mcnemar_reads_corre
     assert row["reference"] == "final-baseline" and row["gain"].mean == pytest.approx(0.09)
     assert row["gain"].within_noise is None  # one seed: no interval
     assert row["mcnemar"] == [pytest.approx(1.0)]  # 2 vs 1 discordant images: exact binomial p = 1
+
+
+def test_label_budgets_are_paired_only_within_their_budget():
+    records = [seeded_record("baseline", s, 0.80) for s in range(2)]
+    records += [seeded_record("baseline@10%labels", s, 0.60 + 0.01 * s) for s in range(2)]
+    records += [seeded_record("logit@10%labels", s, 0.70 + 0.01 * s) for s in range(2)]
+    rows = {r["name"]: r for r in comparison_rows(group_runs(records))}
+    few = rows["logit@10%labels"]
+    assert few["reference"] == "baseline@10%labels"
+    assert few["gain"].mean == pytest.approx(0.10) and few["gain"].n == 2
+    assert rows["baseline@10%labels"]["gain"] is None  # a labels-only run is a reference, not a method
+
+
+def test_labels_suffix_names_the_budget():
+    from kd_utils.experiments import labels_suffix
+
+    assert labels_suffix("logit", 1.0) == "logit"
+    assert labels_suffix("baseline", 0.1) == "baseline@10%labels"
+    assert labels_suffix("final", 0.01) == "final@1%labels"
