@@ -192,23 +192,31 @@ def methods_per_class_figure(grouped: dict[str, dict[int, dict]]) -> plt.Figure 
     return plots.per_class_heatmap(values, classes, figure_title(some, "per-class test F1, mean over seeds"))
 
 
+VERDICTS = {  # PairedGain.verdict -> what the table and the conclusions say
+    "gain": "beats labels alone",
+    "loss": "worse than labels alone",
+    "within noise": "within noise",
+    "unadjusted gain": "above 0, but not after Holm's adjustment",
+    "unadjusted loss": "below 0, but not after Holm's adjustment",
+    "one seed": "one seed: no interval",
+}
+
+
 def comparison_conclusion(rows: list[dict]) -> str:
-    """Which runs beat labels alone, which are within noise and which are worse, by their paired intervals."""
-    verdicts: dict[str, list[str]] = {"beat": [], "noise": [], "worse": [], "one seed": []}
+    """Which runs beat labels alone, which are within noise and which are worse, by their paired intervals and
+    Holm-adjusted p-values."""
+    groups: dict[str, list[str]] = {v: [] for v in VERDICTS}
     for row in rows:
-        gain = row["gain"]
-        if gain is None:
-            continue
-        key = ("one seed" if gain.within_noise is None else "noise" if gain.within_noise
-               else "beat" if gain.mean > 0 else "worse")  # fmt: skip
-        verdicts[key].append(f"{label(row['name'], row['record'])} ({gain.mean:+.4f})")
+        if row["gain"] is not None:
+            groups[row["gain"].verdict()].append(f"{label(row['name'], row['record'])} ({row['gain'].mean:+.4f})")
     parts = [
-        f"beat labels alone (95% interval above 0): {', '.join(verdicts['beat']) or 'none'}",
-        f"within noise (interval contains 0): {', '.join(verdicts['noise']) or 'none'}",
-        f"worse than labels alone: {', '.join(verdicts['worse']) or 'none'}",
+        f"beat labels alone (95% interval above 0, Holm p < 0.05): {', '.join(groups['gain']) or 'none'}",
+        f"within noise (interval contains 0): {', '.join(groups['within noise']) or 'none'}",
+        f"worse than labels alone: {', '.join(groups['loss']) or 'none'}",
     ]
-    if verdicts["one seed"]:
-        parts.append(f"one seed, no interval: {', '.join(verdicts['one seed'])}")
+    for key in ("unadjusted gain", "unadjusted loss", "one seed"):
+        if groups[key]:
+            parts.append(f"{VERDICTS[key]}: {', '.join(groups[key])}")
     return "; ".join(parts) + "."
 
 
@@ -287,10 +295,13 @@ def conclusion(runs: dict[str, dict], name: str, gain: PairedGain | None = None)
 
 
 def gain_sentence(gain: PairedGain) -> str:
-    verdict = (
-        "within noise (the interval contains 0)"
-        if gain.within_noise
-        else ("a real gain (the interval excludes 0)" if gain.mean > 0 else "a real loss (the interval excludes 0)")
+    verdict = {
+        "within noise": "within noise (the interval contains 0)",
+        "gain": "a real gain (the interval excludes 0)",
+        "loss": "a real loss (the interval excludes 0)",
+    }.get(
+        gain.verdict(),
+        f"{VERDICTS[gain.verdict()]} (Holm p {gain.p_holm:.3f})" if gain.p_holm else VERDICTS[gain.verdict()],
     )
     return (
         f"paired macro-F1 difference {gain.mean:+.4f} over {gain.n} seeds, 95% interval "
@@ -368,13 +379,7 @@ def comparison_table(rows: list[dict]) -> str:
         if gain is not None:
             interval = f"{gain.mean:+.4f}" + (f" [{gain.low:+.4f}, {gain.high:+.4f}]" if gain.low is not None else "")
             p = f"{gain.p_holm:.3f}" if gain.p_holm is not None else ""
-            verdict = (
-                "one seed: no interval"
-                if gain.within_noise is None
-                else "within noise"
-                if gain.within_noise
-                else ("beats labels alone" if gain.mean > 0 else "worse than labels alone")
-            )
+            verdict = VERDICTS[gain.verdict()]
         mc = ", ".join(f"{v:.3f}" for v in row["mcnemar"] if v is not None)
         name = label(row["name"], row["record"])
         lines.append(f"| {name} | {len(row['seeds'])} | {_pm(row['accuracy'])} | {_pm(row['f1'])} | {interval} | {p} "

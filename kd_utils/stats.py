@@ -31,6 +31,18 @@ class PairedGain:
         """True when the interval contains 0; None when there is no interval (one seed)."""
         return None if self.low is None else self.low <= 0 <= self.high
 
+    def verdict(self, level: float = 0.05) -> str:
+        """``one seed`` | ``within noise`` (the interval contains 0) | ``gain`` / ``loss`` (the interval excludes 0
+        and the Holm-adjusted p is below ``level``) | ``unadjusted gain`` / ``unadjusted loss`` (the interval
+        excludes 0, but not after adjusting for the other methods compared with the same baseline)."""
+        if self.within_noise is None:
+            return "one seed"
+        if self.within_noise:
+            return "within noise"
+        sign = "gain" if self.mean > 0 else "loss"
+        p = self.p_holm if self.p_holm is not None else self.p_value
+        return sign if p is not None and p < level else f"unadjusted {sign}"
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof = 1; None for a single value)."""

@@ -49,3 +49,13 @@ def test_mcnemar_exact_binomial():
     assert (result["only_a"], result["only_b"]) == (5, 1)
     assert result["p_value"] == pytest.approx(2 * (1 + 6) / 64)  # two-sided: P(X<=1) + P(X>=5), X ~ Bin(6, 1/2)
     assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_verdict_needs_the_interval_and_the_holm_adjusted_p():
+    gain = paired_gain([0.83, 0.85, 0.84], [0.80, 0.83, 0.81])  # interval excludes 0, p ~ 0.02
+    assert gain.verdict() == "gain"  # alone: Holm leaves p as it is
+    gain.p_holm = 0.2  # as if compared with many methods at once
+    assert gain.verdict() == "unadjusted gain"
+    assert paired_gain([0.81, 0.80, 0.82], [0.80, 0.81, 0.815]).verdict() == "within noise"
+    assert paired_gain([0.7, 0.71, 0.69], [0.8, 0.8, 0.8]).verdict() == "loss"
+    assert paired_gain([0.9], [0.8]).verdict() == "one seed"
