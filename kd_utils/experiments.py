@@ -162,11 +162,6 @@ def decode_correct(text: str, n: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8))[:n].astype(bool)
 
 
-def decode_predictions(text: str, n: int) -> np.ndarray:
-    raw = base64.b64decode(text)
-    return np.frombuffer(raw, dtype=np.uint8 if len(raw) == n else np.uint16).astype(np.int64)
-
-
 def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> dict:
     """Test-set metrics of ``model`` (the only place the test split is read), with its predictions."""
     device = resolve_device(cfg.train.device)
