@@ -8,7 +8,9 @@ file, next to a JSON file of every trial and a validation-F1 map of the two most
 
 Several workers (processes or machines) share a study through one ``--storage`` (default: a SQLite file in
 ``--results-dir``); trial numbers are unique and ``--max-trials`` caps the total: a trial whose number comes
-after ``max_trials`` live (running, waiting or complete) trials is skipped. The TPE sampler of each worker
+after ``max_trials`` live (running, waiting or complete) trials is skipped. Running trials send Optuna's
+heartbeat; one whose worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the
+study and queued again with the same settings (its run resumes from its last checkpoint). The TPE sampler of each worker
 is seeded by the training seed plus the worker's process id, so concurrent workers explore different points
 (a sweep is reproducible in its settings and results, not in the order TPE proposes them). The worker that
 finishes last, when no trial is still running, scores the chosen setting on the test set; any later worker
@@ -29,6 +31,7 @@ import os
 import shlex
 import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -63,6 +66,8 @@ SAMPLERS = ("tpe", "grid")
 DEFAULT_TRIALS = 20  # per worker
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)  # trials that count towards --max-trials
 SQLITE_TIMEOUT_S = 60  # workers wait this long for SQLite's write lock before failing
+HEARTBEAT_S = 60  # a running trial writes a heartbeat this often ...
+GRACE_S = 300  # ... and one silent this long belongs to a dead worker: failed and queued again (same settings)
 
 
 # --- search space -----------------------------------------------------------------------------------------
@@ -265,7 +270,10 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:  # under a lock: workers starting together would race to create the tables and the study
         with study_lock(plan):
-            storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            storage = RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )  # fmt: skip
             study = optuna.create_study(storage=storage, sampler=make_sampler(plan), study_name=plan.name,
                                         direction="maximize", load_if_exists=True)  # fmt: skip
     except Exception as err:  # sqlalchemy's URL, driver and connection errors
@@ -274,7 +282,16 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     if tuned != plan.method:
         raise ValueError(f"--study-name {plan.name}: that study tunes {tuned}, not {plan.method}; pick another name")
     study.set_user_attr("method", plan.method)
+    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9, unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a worker killed mid-trial (session end, crash): retry its settings
     return study
+
+
+def RDBStorage(url: str, **kwargs) -> optuna.storages.RDBStorage:  # noqa: N802 (stands for the class)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, **kwargs)
 
 
 def study_lock(plan: SweepPlan) -> FileLock:

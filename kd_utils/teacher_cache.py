@@ -9,7 +9,9 @@ A reused target is the very tensor the teacher produced, so training is bit-iden
 
 Size on disk per epoch: ``N x (K x 4 + sum_l C_l x s^2 x 4)`` bytes for N training images, K classes and
 pooled maps of C_l channels at s x s, all float32: 55,000 Fashion-MNIST images, logits alone 2.2 MB; with the
-three pooled stages of teacher_cnn at s = 1, 101 MB).
+three pooled stages of teacher_cnn at s = 1, 101 MB; at s = 4, 1.6 GB). An epoch's targets larger than
+``max_epoch_bytes`` (default 512 MB) are used but not stored: a 15-epoch, 3-seed study at s = 4 would
+otherwise fill 72 GB of disk to save a teacher forward pass per batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from .data import TensorLoader
 from .results import atomic_write
 from .train import autocast
 
+MAX_EPOCH_BYTES = 512 * 2**20  # larger epochs of targets are recomputed rather than stored
+
 
 def state_hash(module: nn.Module) -> str:
     """sha256 over a module's parameters and buffers (names, shapes, dtypes, bytes): names the weights."""
@@ -40,12 +44,13 @@ def state_hash(module: nn.Module) -> str:
 class TeacherCache:
     """Teacher targets of one stream, one file per epoch and target spec, under ``root/<stream hash>``."""
 
-    def __init__(self, root: str | Path, stream: dict):
+    def __init__(self, root: str | Path, stream: dict, max_epoch_bytes: int = MAX_EPOCH_BYTES):
         key = hashlib.sha1(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = Path(root) / key
         self.stream = stream
         self.hits = 0  # epochs served from disk
-        self.misses = 0  # epochs computed (and stored)
+        self.misses = 0  # epochs computed (and stored, when at most max_epoch_bytes)
+        self.max_epoch_bytes = max_epoch_bytes
 
     def path(self, epoch: int, spec: str) -> Path:
         return self.folder / f"epoch{epoch:03d}-{spec}.pt"
@@ -62,12 +67,15 @@ class TeacherCache:
                 path.unlink(missing_ok=True)
         targets = compute_epoch_targets(distiller, loader, dtype)
         self.misses += 1
+        flat = {k: v.cpu() for k, v in flatten(targets).items()}
+        if sum(t.numel() * t.element_size() for t in flat.values()) > self.max_epoch_bytes:
+            return targets  # too large to be worth the disk: computed again by the next run that needs it
         self.folder.mkdir(parents=True, exist_ok=True)
         stream_file = self.folder / "stream.json"
         if not stream_file.exists():
             atomic_write(stream_file, json.dumps(self.stream, indent=1, sort_keys=True, default=str))
         buffer = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in flatten(targets).items()}, buffer)
+        torch.save(flat, buffer)
         atomic_write(path, buffer.getvalue())
         return targets
 

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from subprocess import PIPE
 
@@ -113,6 +114,30 @@ def test_two_worker_processes_share_one_capped_study(tmp_path):
     assert sum("loaded cached run" in out for out, _ in outputs) == 1  # the teacher was trained once
     runs = json.loads((tmp_path / "sweeps" / "synthetic-logit-seed0-best.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 4  # scored once, after the last trial
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep, "GRACE_S", 1)
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    assert run_sweep_cli(capsys, *args, "--trials", "0")[0] == 0  # creates the study, runs nothing
+    storage = f"sqlite:///{results / 'sweeps.db'}"
+    study = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage)
+    dead = study.ask()  # a worker starts a trial, sends one heartbeat, then is killed
+    space = {p.name: p for p in sweep.plan_sweep(cli.get_args_parser().parse_args(["sweep", *args])).space}
+    values = {name: space[name].suggest(dead) for name in ("temperature", "alpha")}
+    study._storage.record_heartbeat(dead._trial_id)  # noqa: SLF001
+    time.sleep(2.5)
+
+    code, out, err = run_sweep_cli(capsys, *args, "--trials", "2", "--max-trials", "2")
+    assert code == 0, err
+    trials = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage).trials
+    states = [t.state.name for t in trials]
+    assert states[0] == "FAIL" and states[1:].count("COMPLETE") == 2  # the stale trial no longer counts as live
+    assert trials[1].params == values  # its settings were queued again and ran first
+    runs = json.loads((results / "synthetic-logit-seed0-best.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 2  # scored: nothing is left running
 
 
 @pytest.mark.parametrize(

@@ -215,3 +215,17 @@ def test_state_hash_names_the_weights():
 
     torch.manual_seed(1)
     assert state_hash(build_model("teacher_cnn")) != h
+
+
+def test_epochs_over_the_size_cap_are_used_but_not_stored(small_splits, train_cfg, tmp_path):
+    reference = train("hidden", small_splits, train_cfg, None)
+    capped = TeacherCache(tmp_path, STREAM, max_epoch_bytes=192 * 10 * 4)  # below one epoch of pooled maps
+    result = train("hidden", small_splits, train_cfg, capped)
+    assert (capped.hits, capped.misses) == (0, EPOCHS)
+    assert not capped.folder.exists()  # nothing written
+    assert result[0] == reference[0]  # and training is the same as without a cache
+    assert_same_weights(result[1], reference[1])
+
+    logits_only = TeacherCache(tmp_path, STREAM, max_epoch_bytes=192 * 10 * 4)  # exactly one epoch of logits
+    train("logit", small_splits, train_cfg, logits_only)
+    assert sorted(p.name for p in logits_only.folder.glob("epoch*")) == ["epoch001-logits.pt", "epoch002-logits.pt"]
