@@ -121,6 +121,8 @@ def config_hash(values: dict) -> str:
 
 
 DATA_KEYS = ("dataset", "val_size", "train_size", "labeled_fraction", "seed")  # test_size shapes no training
+STREAM_DATA_KEYS = ("dataset", "val_size", "train_size", "seed")  # the teacher sees images, never labels: a
+# few-label run reuses the teacher targets of the full-label run on the same stream
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs",
               "precision", "seed", "random_erasing", "channels_last")  # fmt: skip
 
@@ -209,7 +211,7 @@ def teacher_cache_for(cfg: ExperimentConfig, teacher: FrozenTeacher | None) -> T
         return None
     device = resolve_device(cfg.train.device)
     stream = {
-        "teacher": teacher.weights_hash, "fused": cfg.fuse_teacher_bn, "data": shaping(cfg.data, DATA_KEYS),
+        "teacher": teacher.weights_hash, "fused": cfg.fuse_teacher_bn, "data": shaping(cfg.data, STREAM_DATA_KEYS),
         "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "random_erasing": cfg.train.random_erasing,
         "precision": str(resolve_precision(cfg.train.precision, device)), "device": device.type,
         "channels_last": cfg.train.channels_last,
@@ -486,18 +488,20 @@ def compare_methods(
     log: Callable[[str], None] | None = print,
 ) -> list[dict]:
     """Every method at its tuned setting (``tuned_settings``, else the defaults) and the baseline, once per
-    training seed, all with the same teacher; each record appended to ``results_path``."""
+    training seed, all with the same teacher; each record appended to ``results_path``. A run at a sweep's
+    setting is named ``<method>-tuned``, so it never shadows a run of the same method at the defaults."""
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
     records = []
     for seed in seeds:
         seed_cfg = replace(cfg, train=replace(cfg.train, seed=seed))
-        runs = [("baseline", seed_cfg, None)]
+        runs = [("baseline", "baseline", seed_cfg, None)]
         for method in methods:
             tuned, _ = settings[method]
             distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
-            runs.append((method, replace(seed_cfg, distill=distill), teacher))
-        for experiment, run_cfg, run_teacher in runs:
-            _, record = train_experiment(experiment, run_cfg, data, run_teacher, log)
+            name = f"{method}-tuned" if tuned else method  # apart from notebooks 01-03's runs at the defaults
+            runs.append((method, name, replace(seed_cfg, distill=distill), teacher))
+        for experiment, name, run_cfg, run_teacher in runs:
+            _, record = train_experiment(experiment, run_cfg, data, run_teacher, log, name=name)
             record["settings_from"] = settings[experiment][1] if experiment in settings else "labels only"
             if results_path is not None:
                 append_run(results_path, record)

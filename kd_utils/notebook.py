@@ -49,6 +49,8 @@ PROFILES: dict[str, dict] = {
               "test_size": 1000, "seeds": (0, 1)},
 }  # fmt: skip
 STUDY_METHODS = ("logit", "hidden", "regressor")  # the methods of notebooks 01-03; notebook 04 picks among them
+LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
+FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 
 # environment variable -> (setup argument, parser); an empty value leaves the parameter as it is
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {

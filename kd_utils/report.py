@@ -220,17 +220,37 @@ def comparison_conclusion(rows: list[dict]) -> str:
     return "; ".join(parts) + "."
 
 
+def compared_runs(records: list[dict], few_labels: bool = False) -> dict[str, dict[int, dict]]:
+    """The student runs the method figures compare, grouped by name: every run of the baseline's length
+    (not the final runs) on all labels, or, with ``few_labels``, those on a fraction of the labels."""
+    chosen = [
+        r for r in records
+        if run_name(r).split("@")[0] not in ("teacher", "final", "final-baseline")
+        and (labeled_fraction(r) < 1) == few_labels
+    ]  # fmt: skip
+    return group_runs(chosen)
+
+
+def labeled_fraction(record: dict) -> float:
+    """The fraction of training labels a run used (1 for records older than the setting)."""
+    try:
+        return float(config_value(record, "labeled_fraction"))
+    except KeyError:
+        return 1.0
+
+
 def render_seed_figure(figure: str, records: list[dict], dataset: str, pictures: Path) -> plt.Figure | None:
-    """Draw one of ``SEED_FIGURES`` from every record (all seeds) and save it under ``pictures``."""
-    fig = SEED_FIGURES[figure](group_runs(records))
+    """Draw one of ``SEED_FIGURES`` from the records (all seeds) and save it under ``pictures``."""
+    fig = SEED_FIGURES[figure](records)
     if fig is not None:
         plots.save_figure(fig, figure_path(pictures, dataset, figure))
     return fig
 
 
-SEED_FIGURES: dict[str, Callable[[dict[str, dict[int, dict]]], plt.Figure | None]] = {
-    "methods_f1": methods_f1_figure,
-    "methods_per_class_f1": methods_per_class_figure,
+SEED_FIGURES: dict[str, Callable[[list[dict]], plt.Figure | None]] = {
+    "methods_f1": lambda records: methods_f1_figure(compared_runs(records)),
+    "methods_per_class_f1": lambda records: methods_per_class_figure(compared_runs(records)),
+    "few_labels_f1": lambda records: methods_f1_figure(compared_runs(records, few_labels=True)),
 }
 
 
@@ -506,7 +526,7 @@ def render_report(
                 written.append(figure_path(Path(pictures), dataset, figure))
                 plt.close(fig)
         for figure, draw in SEED_FIGURES.items():
-            fig = draw(group_runs(records))
+            fig = draw(records)
             if fig is not None:
                 written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
                 plt.close(fig)

@@ -270,10 +270,7 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:  # under a lock: workers starting together would race to create the tables and the study
         with study_lock(plan):
-            storage = RDBStorage(
-                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
-            )  # fmt: skip
+            storage = heartbeat_storage(url, engine_kwargs=kwargs)
             study = optuna.create_study(storage=storage, sampler=make_sampler(plan), study_name=plan.name,
                                         direction="maximize", load_if_exists=True)  # fmt: skip
     except Exception as err:  # sqlalchemy's URL, driver and connection errors
@@ -282,16 +279,19 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     if tuned != plan.method:
         raise ValueError(f"--study-name {plan.name}: that study tunes {tuned}, not {plan.method}; pick another name")
     study.set_user_attr("method", plan.method)
-    with warnings.catch_warnings():  # heartbeats are marked experimental since Optuna 2.9, unchanged since
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a worker killed mid-trial (session end, crash): retry its settings
     return study
 
 
-def RDBStorage(url: str, **kwargs) -> optuna.storages.RDBStorage:  # noqa: N802 (stands for the class)
-    with warnings.catch_warnings():
+def heartbeat_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
+    """The storage with Optuna's heartbeat on: a trial silent for ``GRACE_S`` is failed and queued again."""
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.8, unchanged since
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, **kwargs)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                          heartbeat_stale_trial_callback=retry, **kwargs)  # fmt: skip
 
 
 def study_lock(plan: SweepPlan) -> FileLock:

@@ -15,6 +15,7 @@ from kd_utils.experiments import encode_correct
 from kd_utils.report import (
     FIGURES,
     SEED_FIGURES,
+    compared_runs,
     comparison_rows,
     comparison_table,
     group_runs,
@@ -48,8 +49,8 @@ def test_report_renders_every_figure_and_table_twice_identically(study, tmp_path
     assert "old" not in first_readme and "| logit |" in first_readme and first_readme.endswith("tail\n")
     assert "Measured on synthetic (train " in first_readme and "seed 0, cpu" in first_readme
     pictures = sorted(p.name for p in (tmp_path / "a").iterdir())
-    # the synthetic study has no final run: every figure but the final-run ones, plus the sample grids
-    expected = {f"synthetic_{f}.png" for f in (*FIGURES, *SEED_FIGURES) if "final" not in f} | {
+    # the synthetic study has no final run and no few-label runs: every other figure, plus the sample grids
+    expected = {f"synthetic_{f}.png" for f in (*FIGURES, *SEED_FIGURES) if "final" not in f and "few" not in f} | {
         "synthetic_samples_train.png",
         "synthetic_samples_test.png",
     }
@@ -84,6 +85,24 @@ def test_latest_run_of_each_name_wins():
     assert list(runs) == ["baseline", "logit"] and runs["baseline"]["test"]["f1"] == 0.7
     table = markdown_table(runs)
     assert "| logit | 0.6000 |" in table and "-0.1000" in table
+
+
+def test_method_figures_compare_runs_of_one_length_and_labels_apart():
+    def record(name, seed, fraction=1.0):
+        test = {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5, "per_class": [], "confusion_matrix": []}
+        config = {"train": {"seed": seed, "epochs": 1}, "data": {"labeled_fraction": fraction}}
+        return {"experiment": name.split("@")[0], "name": name, "config": config, "test": test}
+
+    records = [record(n, s) for n in ("teacher", "baseline", "logit", "logit-tuned", "final", "final-baseline")
+               for s in (0, 1)]  # fmt: skip
+    records += [record(f"{n}@10%labels", s, 0.1) for n in ("baseline", "dkd-tuned") for s in (0, 1)]
+    records.append({**record("baseline", 2), "config": {"epochs": 1, "seed": 2}})  # an old flat record: all labels
+    assert {n: sorted(s) for n, s in compared_runs(records).items()} == {
+        "baseline": [0, 1, 2],
+        "logit": [0, 1],
+        "logit-tuned": [0, 1],
+    }
+    assert list(compared_runs(records, few_labels=True)) == ["baseline@10%labels", "dkd-tuned@10%labels"]
 
 
 def test_replace_block_keeps_markers_and_ignores_missing_ones():

@@ -160,6 +160,23 @@ def frozen_teacher(seed: int = 1000) -> FrozenTeacher:
     return FrozenTeacher(model=model, record={}, weights_hash=state_hash(model), val_accuracy=0.9)
 
 
+def test_few_label_runs_reuse_the_full_label_targets(small_splits, train_cfg, tmp_path):
+    half = dataclasses.replace(small_splits, train_y=small_splits.train_y.clone())
+    half.train_y[::2] = -100  # unlabeled: the teacher terms still see these images
+    cache = TeacherCache(tmp_path, STREAM)
+    train("logit", small_splits, train_cfg, cache)  # the full-label run stores the targets
+    reused = TeacherCache(tmp_path, STREAM)
+    few = train("logit", half, train_cfg, reused)
+    assert (reused.hits, reused.misses) == (EPOCHS, 0)
+    inline = train("logit", half, train_cfg, None)
+    assert few[0] == inline[0]
+    assert_same_weights(few[1], inline[1])
+
+    cfg = ExperimentConfig(checkpoint_dir=str(tmp_path))
+    few_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, labeled_fraction=0.1))
+    assert teacher_cache_for(few_cfg, frozen_teacher()).folder == teacher_cache_for(cfg, frozen_teacher()).folder
+
+
 def test_stream_folder_changes_with_what_shapes_the_batches(tmp_path):
     base = ExperimentConfig(checkpoint_dir=str(tmp_path))
     teacher = frozen_teacher()
