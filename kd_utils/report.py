@@ -10,6 +10,7 @@ re-render are byte-identical (PNG written without volatile metadata).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -190,6 +191,35 @@ def methods_per_class_figure(grouped: dict[str, dict[int, dict]]) -> plt.Figure 
                                     for c in range(len(classes))] for n, s in students.items()}  # fmt: skip
     some = {n: s[min(s)] for n, s in grouped.items()}
     return plots.per_class_heatmap(values, classes, figure_title(some, "per-class test F1, mean over seeds"))
+
+
+def per_class_gain_table(grouped: dict[str, dict[int, dict]]) -> str | None:
+    """Per class, each student run's test F1 minus its baseline's (same seed, same length), mean over the common
+    seeds: which classes a method helps and which it hurts. The baseline's own F1 heads the table."""
+    reference = grouped.get("baseline")
+    if not reference:
+        return None
+    first = next(iter(reference.values()))
+    classes = [row["class"] for row in first["test"]["per_class"]]
+    lines = [
+        "| run | " + " | ".join(classes) + " |",
+        "|---|" + "---|" * len(classes),
+        "| baseline (F1) | " + " | ".join(
+            f"{sum(r['test']['per_class'][c]['f1'] for r in reference.values()) / len(reference):.3f}"
+            for c in range(len(classes))
+        ) + " |",
+    ]  # fmt: skip
+    for name, seeds in grouped.items():
+        common = [s for s in seeds if s in reference]
+        if name in ("teacher", "baseline") or not common:
+            continue
+        deltas = [
+            sum(seeds[s]["test"]["per_class"][c]["f1"] - reference[s]["test"]["per_class"][c]["f1"] for s in common)
+            / len(common)
+            for c in range(len(classes))
+        ]
+        lines.append(f"| {label(name, seeds[min(seeds)])} | " + " | ".join(f"{d:+.3f}" for d in deltas) + " |")
+    return "\n".join(lines) if len(lines) > 3 else None
 
 
 VERDICTS = {  # PairedGain.verdict -> what the table and the conclusions say
@@ -459,7 +489,49 @@ def readme_blocks(records: list[dict], dataset: str) -> dict[str, str]:
         if body is not None:
             blocks[f"results:{dataset}:{key}"] = body
     blocks[f"results:{dataset}:comparison"] = f"{comparison_table(rows)}\n\n{provenance(runs, records)}"
+    per_class = per_class_gain_table(compared_runs(records))
+    if per_class is not None:
+        blocks[f"results:{dataset}:per-class"] = per_class
     return blocks
+
+
+def sweep_table(sweeps_dir: str | Path, link_from: str | Path | None = None) -> str | None:
+    """One row per sweep saved under ``sweeps_dir`` (``python -m kd_utils sweep``): its trials, what it searched,
+    the setting it chose by validation macro F1, and that setting's test F1, read once after the choice.
+
+    ``link_from`` (the README's folder) makes each method a link to its validation-F1 map.
+    """
+    rows = []
+    for path in sorted(Path(sweeps_dir).glob("*.json")) if Path(sweeps_dir).is_dir() else []:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(saved, dict) or not {"trials", "space", "method"} <= saved.keys():
+            continue  # a results file (the tuned run), not a sweep's trials
+        done = [t for t in saved["trials"] if t["state"] == "COMPLETE"]
+        best = next((t for t in done if t["number"] == saved.get("best_trial")), None)
+        if best is None:
+            continue
+        scored = path.with_name(f"{path.stem}-best.json")  # the chosen trial's run, with its test metrics
+        tuned = [r for r in load_runs(scored) if r.get("sweep", {}).get("trial") == best["number"]]
+        test = f"{tuned[-1]['test']['f1']:.4f}" if tuned else "not scored yet"
+        method = saved["method"]
+        picture = path.with_suffix(".png")
+        if link_from is not None and picture.exists():
+            method = f"[{method}]({Path(os.path.relpath(picture, link_from)).as_posix()})"
+        chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
+        scores = [t["best_val_f1"] for t in done]
+        hours = sum(t.get("seconds") or 0 for t in saved["trials"]) / 3600
+        order = STUDENT_METHODS.index(saved["method"]) if saved["method"] in STUDENT_METHODS else len(STUDENT_METHODS)
+        rows.append((order, f"| {method} | {len(done)} | {', '.join(f'{k} {v}' for k, v in saved['space'].items())} | "
+                            f"{chosen} | {best['best_val_f1']:.4f} | {min(scores):.4f} – {max(scores):.4f} | {test} | "
+                            f"{hours:.2f} |"))  # fmt: skip
+    if not rows:
+        return None
+    header = ("| method | trials | searched | chosen by validation F1 | its val F1 | val F1 of the trials | its test F1 "
+              "| trial hours |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    return "\n".join([header, *(row for _, row in sorted(rows, key=lambda r: r[0]))])
 
 
 def replace_block(text: str, key: str, body: str) -> str:
@@ -531,6 +603,9 @@ def render_report(
                 written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
                 plt.close(fig)
         blocks.update(readme_blocks(records, dataset))
+        sweeps = sweep_table(runs_file.parent / "sweeps", Path(readme).parent if readme is not None else None)
+        if sweeps is not None:
+            blocks[f"results:{dataset}:sweeps"] = sweeps
     times = notebook_times(results_dir)
     if times is not None:
         blocks["notebook-times"] = times

@@ -22,6 +22,7 @@ from kd_utils.report import (
     latest_runs,
     markdown_table,
     notebook_times,
+    per_class_gain_table,
     replace_block,
 )
 
@@ -103,6 +104,22 @@ def test_method_figures_compare_runs_of_one_length_and_labels_apart():
         "logit-tuned": [0, 1],
     }
     assert list(compared_runs(records, few_labels=True)) == ["baseline@10%labels", "dkd-tuned@10%labels"]
+
+
+def test_per_class_gains_are_paired_by_seed_and_averaged():
+    def record(name, seed, f1s):
+        per_class = [{"class": c, "f1": f} for c, f in zip(("a", "b"), f1s)]
+        return {"name": name, "experiment": name, "config": {"train": {"seed": seed}}, "test": {"per_class": per_class}}
+
+    grouped = group_runs([
+        record("baseline", 0, (0.5, 0.8)), record("baseline", 1, (0.7, 0.8)),
+        record("logit", 0, (0.6, 0.7)), record("logit", 1, (0.9, 0.8)), record("logit", 2, (0.0, 0.0)),
+    ])  # fmt: skip
+    table = per_class_gain_table(grouped).splitlines()
+    assert table[0] == "| run | a | b |"
+    assert table[2] == "| baseline (F1) | 0.600 | 0.800 |"
+    assert table[3] == "| logit | +0.150 | -0.050 |"  # seed 2 has no baseline: left out
+    assert per_class_gain_table(group_runs([record("logit", 0, (0.5, 0.5))])) is None
 
 
 def test_replace_block_keeps_markers_and_ignores_missing_ones():

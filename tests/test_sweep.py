@@ -15,7 +15,7 @@ from subprocess import PIPE
 import optuna
 import pytest
 
-from kd_utils import cli, sweep
+from kd_utils import cli, report, sweep
 from kd_utils.config import ExperimentConfig
 
 SMALL = [
@@ -76,6 +76,17 @@ def test_tpe_sweep_chooses_on_validation_and_tests_the_chosen_run_once(capsys, c
     code, out, err = run_sweep_cli(capsys, *[a if a != "3" else "0" for a in args])  # --trials 0: finish only
     assert code == 0, err
     assert len(json.loads((results / f"{name}-best.json").read_text())["runs"]) == 1  # not appended twice
+
+    # the report's sweeps table: the chosen setting, its validation F1, the trials' range and the test F1 read once
+    table = report.sweep_table(results, link_from=tmp_path).splitlines()
+    assert len(table) == 3 and table[0].startswith("| method | trials |")
+    scores = [t["best_val_f1"] for t in trials]
+    assert table[2].startswith(f"| [logit](sweeps/{name}.png) | 3 | temperature 1:10:log, alpha 0.1:1.0 | ")
+    assert (
+        f"| {best['best_val_f1']:.4f} | {min(scores):.4f} – {max(scores):.4f} | {record['test']['f1']:.4f} |"
+        in table[2]
+    )
+    assert f"temperature {best['params']['temperature']:.3g}" in table[2]
 
 
 def test_grid_sweep_runs_exactly_the_listed_values(capsys, ckpt, tmp_path):
