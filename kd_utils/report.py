@@ -519,7 +519,7 @@ def sweep_table(sweeps_dir: str | Path, link_from: str | Path | None = None) -> 
         method = saved["method"]
         picture = path.with_suffix(".png")
         if link_from is not None and picture.exists():
-            method = f"[{method}]({Path(os.path.relpath(picture, link_from)).as_posix()})"
+            method = f"[{method}]({Path(os.path.relpath(picture.absolute(), link_from)).as_posix()})"
         chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
         scores = [t["best_val_f1"] for t in done]
         hours = sum(t.get("seconds") or 0 for t in saved["trials"]) / 3600
@@ -603,7 +603,7 @@ def render_report(
                 written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
                 plt.close(fig)
         blocks.update(readme_blocks(records, dataset))
-        sweeps = sweep_table(runs_file.parent / "sweeps", Path(readme).parent if readme is not None else None)
+        sweeps = sweep_table(runs_file.parent / "sweeps", Path(results_dir).absolute().parent)  # README's folder
         if sweeps is not None:
             blocks[f"results:{dataset}:sweeps"] = sweeps
     times = notebook_times(results_dir)
