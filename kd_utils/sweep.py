@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 from filelock import FileLock
+from matplotlib.ticker import ScalarFormatter
 from optuna.trial import TrialState
 
 from .config import FLAGS, ExperimentConfig, to_flags
@@ -395,6 +396,9 @@ def _axis(ax, param: Param, values: list, which: str) -> list:
     if param.choices is None:
         if param.log:
             getattr(ax, f"set_{which}scale")("log")
+            axis = getattr(ax, f"{which}axis")
+            axis.set_major_formatter(ScalarFormatter())  # 3, not 3x10^0
+            axis.set_minor_formatter(ScalarFormatter())  # a range within one decade has only minor ticks
         return values
     ticks = list(param.choices)
     getattr(ax, f"set_{which}ticks")(range(len(ticks)), [str(v) for v in ticks])
