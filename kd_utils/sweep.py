@@ -10,8 +10,9 @@ Several workers (processes or machines) share a study through one ``--storage`` 
 ``--results-dir``); trial numbers are unique and ``--max-trials`` caps the total: a trial whose number comes
 after ``max_trials`` live (running, waiting or complete) trials is skipped. Running trials send Optuna's
 heartbeat; one whose worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the
-study and queued again with the same settings (its run resumes from its last checkpoint). The TPE sampler of each worker
-is seeded by the training seed plus the worker's process id, so concurrent workers explore different points
+study and queued again with the same settings (its run resumes from its last checkpoint, when one is there).
+The TPE sampler of each worker is seeded by the training seed plus the worker's process id, so concurrent
+workers explore different points
 (a sweep is reproducible in its settings and results, not in the order TPE proposes them). The worker that
 finishes last, when no trial is still running, scores the chosen setting on the test set; any later worker
 finds that record and does not append it twice.
