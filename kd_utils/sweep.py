@@ -12,10 +12,9 @@ after ``max_trials`` live (running, waiting or complete) trials is skipped. Runn
 heartbeat; one whose worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the
 study and queued again with the same settings (its run resumes from its last checkpoint, when one is there).
 The TPE sampler of each worker is seeded by the training seed plus the worker's process id, so concurrent
-workers explore different points
-(a sweep is reproducible in its settings and results, not in the order TPE proposes them). The worker that
-finishes last, when no trial is still running, scores the chosen setting on the test set; any later worker
-finds that record and does not append it twice.
+workers explore different points (a sweep is reproducible in its settings and results, not in the order TPE
+proposes them). The worker that finishes last, when no trial is still running, scores the chosen setting on
+the test set; any later worker finds that record and does not append it twice.
 
 Search spaces are written in the ``--param`` syntax (``NAME=low:high``, ``low:high:log`` or ``a,b,c``); a
 ``--param`` given on the command line replaces the method's default space, so list every setting to tune.
