@@ -175,11 +175,17 @@ def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> d
     return metrics
 
 
-def environment(cfg: ExperimentConfig) -> dict:
+def environment(cfg: ExperimentConfig, trained_on: list[str] | None = None) -> dict:
+    """Where this record was made; ``trained_on`` (``FitResult.trained_on``), when it names another machine,
+    replaces ``hardware`` (the training's hardware is what a reader compares) and this one becomes ``evaluated_on``."""
     device = resolve_device(cfg.train.device)
     precision = str(resolve_precision(cfg.train.precision, device)).removeprefix("torch.")
-    return {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads(),
-            "precision": precision}  # fmt: skip
+    env = {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads(),
+           "precision": precision}  # fmt: skip
+    here = f"{env['hardware']}, torch {env['torch']}"
+    if trained_on and trained_on != [here]:
+        env.update(hardware=" + ".join(trained_on), evaluated_on=here)
+    return env
 
 
 def did_not_learn(history: list[dict], num_classes: int) -> bool:
@@ -238,7 +244,7 @@ def _fit_method(
         stage1 = fit(hint, data, hint_cfg, folder / "hint", cfg.resume, log, f"{name} hint", select_best=False)
         for p in hint.frozen:
             p.requires_grad_(True)
-        extra = {"hint_history": stage1.history, "hint_seconds": stage1.seconds}
+        extra = {"hint_history": stage1.history, "hint_seconds": stage1.seconds, "hint_trained_on": stage1.trained_on}
         method = "logit"
     distiller = build_distiller("baseline" if method == "teacher" else method, model, teacher_model, cfg.distill)
     result = fit(distiller, data, train_cfg, folder, cfg.resume, log, name, cache, on_epoch)
@@ -303,7 +309,7 @@ def train_experiment(
         "seconds": result.seconds + extra.get("hint_seconds", 0.0),  # both stages for fitnets
         "time_to_target": time_to_accuracy(result.history, data.info.target_accuracy),
         "did_not_learn": did_not_learn(result.history, data.info.num_classes),
-        "environment": environment(cfg),
+        "environment": environment(cfg, list(dict.fromkeys(extra.get("hint_trained_on", []) + result.trained_on))),
         "started": started,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -82,6 +82,8 @@ class FitResult:
     best_epoch: int = 0  # 1-based epoch with the best validation F1
     best_val_f1: float = -1.0
     seconds: float = 0.0  # wall time spent training, summed over resumed sessions
+    trained_on: list[str] = field(default_factory=list)  # "device, torch version" of each session that trained
+    # epochs (a run resumed elsewhere, e.g. trained on a GPU and finished or only evaluated on a CPU, names both)
 
 
 def time_to_accuracy(history: list[dict], target: float) -> dict:
@@ -386,6 +388,9 @@ def fit(
             if log:
                 log(f"resumed {desc} from {last.name} after epoch {state['epoch']}")
     best_state = None
+    here = f"{device_name(device)}, torch {torch.__version__}"
+    if start_epoch <= cfg.epochs and here not in result.trained_on:
+        result.trained_on.append(here)
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)
         t0 = time.perf_counter()

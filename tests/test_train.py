@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import kd_utils.train as train_mod
+from kd_utils.config import ExperimentConfig
 from kd_utils.data import TensorLoader
 from kd_utils.distill import DistillConfig, Distiller, build_distiller
 from kd_utils.models import build_model
@@ -148,6 +149,31 @@ def test_resume_of_a_finished_run_trains_nothing(small_splits, tiny_train_config
     monkeypatch.setattr(train_mod, "train_one_epoch", fail)
     again = fit(make_distiller(seed=5), small_splits, tiny_train_config, tmp_path, resume=True)
     assert without_timing(again.history) == without_timing(first.history)
+
+
+def test_a_run_names_every_machine_that_trained_it(small_splits, tiny_train_config, tmp_path, monkeypatch):
+    """A run trained elsewhere (a lent GPU) and finished or only evaluated here keeps that machine in its record."""
+    from kd_utils.experiments import environment
+
+    here = f"{train_mod.device_name(torch.device('cpu'))}, torch {torch.__version__}"
+    first = fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, epochs=2), tmp_path)
+    assert first.trained_on == [here]
+    gpu = "cuda: NVIDIA H200, torch 2.11.0+cu130"
+    state = train_mod.load_checkpoint(tmp_path / "last.pt")
+    state["result"]["trained_on"] = [gpu]
+    train_mod.save_checkpoint(state, tmp_path / "last.pt")
+    finished = fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, epochs=2), tmp_path, True)
+    assert finished.trained_on == [gpu]  # nothing trained here: evaluated only
+    longer = dataclasses.replace(tiny_train_config, epochs=3)
+    monkeypatch.setitem(state["train_config"], "epochs", 3)
+    train_mod.save_checkpoint(state, tmp_path / "last.pt")
+    resumed = fit(make_distiller(), small_splits, longer, tmp_path, resume=True)
+    assert resumed.trained_on == [gpu, here]
+
+    cfg = ExperimentConfig()
+    assert environment(cfg, [gpu]) | {"threads": 0} == environment(cfg) | {"hardware": gpu, "threads": 0,
+                                                                             "evaluated_on": here}  # fmt: skip
+    assert "evaluated_on" not in environment(cfg, [here])
 
 
 def test_resume_refuses_changed_settings(small_splits, tiny_train_config, tmp_path):

@@ -1,0 +1,264 @@
+"""Train the stored study's runs on a lent GPU, many at once, so that `make study` on a CPU finds them finished.
+
+    python benchmarks/gpu_study.py --workers 8 --deadline-s 420 --archive-dir OUTDIR    # on the GPU machine
+    tar -xzf OUTDIR/runs-1.tgz ...                                                      # back in the checkout
+    make study                                                                          # notebooks 00-05
+
+Each job makes the calls its notebook makes, with the config ``kd_utils.notebook.setup`` gives that notebook,
+so the run folders (named by a hash of the settings, not of the device) are the ones the notebooks open: a
+finished run is only evaluated there, an interrupted one resumes from its ``last.pt``. A record names every
+machine that trained its run (``FitResult.trained_on``). Jobs, each a subprocess (one CUDA context each; a
+small CNN leaves one GPU mostly idle, so several at once multiply its throughput):
+
+    sweep-<m>       the sweeps `make sweeps` has not finished (Makefile's flags), then 05's runs of <m>
+    01-03           notebooks 01-03: logit, hidden, regressor at the defaults, seed 0 (04's candidates)
+    04-baseline-<s> notebook 04: the 70-epoch baseline of seed s
+    04-final-<s>    notebook 04: the 70-epoch run of the best candidate by validation F1 (after 01-03)
+    05-<m>          notebook 05: method m at its sweep's setting, every seed (compare_methods)
+    05-few-<f>      notebook 05: the best logit-based method and the baseline with a fraction f of the labels
+
+At the deadline the jobs still running are stopped (their last finished epoch is on disk). The run folders
+written since the start, the sweeps' results and storage are packed into ``runs-<k>.tgz`` files of at most
+``--archive-mb`` each (the device tool brings back 8 files of 16 MB), most needed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LOGIT_JOBS = ("05-logit", "05-dkd", "05-dist")
+
+
+@dataclass
+class Job:
+    name: str
+    needs: tuple[str, ...] = ()
+
+
+def study_jobs(seeds: tuple[int, ...], sweep_methods: list[str], methods: tuple[str, ...], fractions) -> list[Job]:
+    """Every job, in the order they are started when their needs are met (longest chains first)."""
+    jobs = [Job(f"sweep-{m}") for m in sweep_methods]
+    jobs += [Job("01-03")]
+    jobs += [Job(f"04-baseline-{s}") for s in seeds]
+    jobs += [Job(f"05-{m}") for m in ("logit", "dkd", "dist")]
+    jobs += [Job(f"05-{m}") for m in methods if m not in ("logit", "dkd", "dist") and m not in sweep_methods]
+    jobs += [Job(f"04-final-{s}", ("01-03",)) for s in seeds]
+    jobs += [Job(f"05-few-{f:g}", LOGIT_JOBS) for f in fractions]
+    return jobs
+
+
+def makefile_sweep_flags() -> list[str]:
+    """``SWEEP_FLAGS`` of the Makefile (one source of truth for the sweeps' settings)."""
+    text = (ROOT / "Makefile").read_text()
+    found = re.search(r"^SWEEP_FLAGS := ((?:.*\\\n)*.*)$", text, re.M)
+    if found is None:
+        raise SystemExit("Makefile: SWEEP_FLAGS not found")
+    return shlex.split(found.group(1).replace("\\\n", " "))
+
+
+def unfinished_sweeps(methods) -> list[str]:
+    done = ROOT / "results" / "fashion-mnist" / "sweeps"
+    return [m for m in methods if not (done / f"fashion-mnist-{m.replace('+', '_')}-seed0-best.json").exists()]
+
+
+# --- one job (in its own process) ------------------------------------------------------------------------------
+
+
+def run_job(name: str, profile: str, dataset: str, output_dir: str | None) -> None:
+    from kd_utils.data import prepare_data
+    from kd_utils.experiments import best_by_validation, compare_methods, prepare_teacher, train_experiment
+    from kd_utils.notebook import FEW_LABEL_FRACTIONS, LOGIT_METHODS, STUDY_METHODS, setup
+
+    session = setup(name, profile, dataset, output_dir=output_dir, use_drive=False, environ={}, log=None)
+    cfg, seeds = session.cfg, list(session.seeds)
+    sweeps = session.paths.results.parent / "sweeps"
+    scratch = Path(output_dir or "/tmp") / "gpu-study-records" / f"{name}.json"  # records: the notebooks remake them
+    data = prepare_data(cfg.data)
+    teacher = prepare_teacher(cfg, data)
+    if name == "teacher":  # the teacher and the 15-epoch baselines every other job reads (cached in the study)
+        for seed_cfg in session.seed_configs(cfg):
+            train_experiment("baseline", seed_cfg, data)
+    elif name.startswith("sweep-"):
+        method = name.removeprefix("sweep-")
+        if profile == "full":
+            sweep_dir = Path(os.environ.get("GPU_STUDY_SWEEP_CHECKPOINTS", "/tmp/gpu-study-sweeps"))
+            (sweep_dir / "teachers").parent.mkdir(parents=True, exist_ok=True)
+            if not (sweep_dir / "teachers").exists():  # trial runs stay out of the study's checkpoints/runs
+                (sweep_dir / "teachers").symlink_to(Path(cfg.checkpoint_dir).resolve() / "teachers")
+            flags = makefile_sweep_flags()
+            flags[flags.index("--checkpoint-dir") + 1] = str(sweep_dir)
+            subprocess.run(
+                [sys.executable, "-m", "kd_utils", "sweep", "--method", method, *flags], cwd=ROOT, check=True
+            )
+        compare_methods(cfg, data, teacher, [method], seeds, sweeps, scratch)
+    elif name == "01-03":
+        for method in STUDY_METHODS:
+            train_experiment(method, cfg, data, teacher)
+    elif name.startswith("04-baseline-"):
+        seed_cfg = replace(session.final_config(), train=replace(session.final_config().train, seed=int(name[12:])))
+        train_experiment("baseline", seed_cfg, data, name="final-baseline")
+    elif name.startswith("04-final-"):
+        runs = {m: train_experiment(m, cfg, data, teacher)[1] for m in STUDY_METHODS}  # finished: evaluated only
+        best = best_by_validation(runs)
+        seed_cfg = replace(session.final_config(), train=replace(session.final_config().train, seed=int(name[9:])))
+        train_experiment(best, seed_cfg, data, teacher, name="final")
+    elif name.startswith("05-few-"):
+        records = []
+        for method in LOGIT_METHODS:
+            records += compare_methods(cfg, data, teacher, [method], seeds, sweeps, scratch, log=None)
+        chosen = best_by_validation({m: [r for r in records if r["experiment"] == m] for m in LOGIT_METHODS})
+        fraction = next(f for f in FEW_LABEL_FRACTIONS if f"{f:g}" == name.removeprefix("05-few-"))
+        few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
+        compare_methods(few_cfg, prepare_data(few_cfg.data), teacher, [chosen], seeds, sweeps, scratch)
+    elif name.startswith("05-"):
+        compare_methods(cfg, data, teacher, [name.removeprefix("05-")], seeds, sweeps, scratch)
+    else:
+        raise SystemExit(f"unknown job {name}")
+
+
+# --- the scheduler ----------------------------------------------------------------------------------------------
+
+
+def schedule(jobs: list[Job], args, log_dir: Path) -> dict[str, str]:
+    """Run ``jobs`` as subprocesses, ``args.workers`` at a time, each once its needs finished; stop at the
+    deadline. Returns each job's outcome (ok, failed rc N, stopped, not started, skipped: a need failed)."""
+    deadline = time.monotonic() + args.deadline_s
+    outcome: dict[str, str] = {}
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    waiting = list(jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
+    while (waiting or running) and time.monotonic() < deadline:
+        for job in list(waiting):
+            if any(outcome.get(n, "ok") != "ok" for n in job.needs if n in outcome):
+                outcome[job.name] = "skipped: a need failed"
+                waiting.remove(job)
+            elif len(running) < args.workers and all(outcome.get(n) == "ok" for n in job.needs if n in names(jobs)):
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--job",
+                    job.name,
+                    "--profile",
+                    args.profile,
+                    "--dataset",
+                    args.dataset,
+                ]
+                cmd += ["--output-dir", args.output_dir] if args.output_dir else []
+                out = open(log_dir / f"{job.name}.log", "w")  # noqa: SIM115 (closed with the process)
+                running[job.name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), time.time())
+                print(f"{time.strftime('%H:%M:%S')} start {job.name}", flush=True)
+                waiting.remove(job)
+        for name, (proc, started) in list(running.items()):
+            if proc.poll() is not None:
+                outcome[name] = "ok" if proc.returncode == 0 else f"failed rc {proc.returncode}"
+                print(
+                    f"{time.strftime('%H:%M:%S')} {outcome[name]:<12} {name} ({time.time() - started:.0f} s)",
+                    flush=True,
+                )
+                del running[name]
+        time.sleep(1)
+    for name, (proc, started) in running.items():
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        outcome[name] = f"stopped at the deadline after {time.time() - started:.0f} s"
+    for job in waiting:
+        outcome.setdefault(job.name, "not started")
+    return outcome
+
+
+def names(jobs: list[Job]) -> set[str]:
+    return {j.name for j in jobs}
+
+
+def changed_since(folder: Path, since: float) -> list[Path]:
+    return sorted(
+        (d for d in folder.iterdir() if d.is_dir() and any(f.stat().st_mtime >= since for f in d.rglob("*"))),
+        key=lambda d: d.name,
+    ) if folder.is_dir() else []  # fmt: skip
+
+
+def pack(paths: list[Path], archive_dir: Path, limit_mb: float, max_files: int) -> list[str]:
+    """``paths`` (relative to the repository) into ``runs-<k>.tgz`` of at most ``limit_mb`` each, in order;
+    what does not fit in ``max_files`` is left out and named."""
+    groups: list[list[Path]] = [[]]
+    size = 0.0
+    for path in paths:
+        mb = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file()) / 1e6
+        if groups[-1] and size + mb > limit_mb:
+            groups.append([])
+            size = 0.0
+        groups[-1].append(path)
+        size += mb
+    left_out = [str(p) for g in groups[max_files:] for p in g]
+    for k, group in enumerate(groups[:max_files], 1):
+        with tarfile.open(archive_dir / f"runs-{k}.tgz", "w:gz") as tar:
+            for path in group:
+                tar.add(path, arcname=str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name))
+    return left_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", help="run one job (the scheduler's subprocesses)")
+    parser.add_argument("--profile", default="full", choices=("full", "smoke"))
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--output-dir", help="results/checkpoints root (default: the repository for full)")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per job")
+    parser.add_argument("--deadline-s", type=float, default=420.0, help="stop the jobs still running after this")
+    parser.add_argument("--no-sweeps", action="store_true", help="skip unfinished sweeps (05 uses what is there)")
+    parser.add_argument("--only", help="comma-separated job names (default: all)")
+    parser.add_argument("--archive-dir", type=Path, help="pack the new run folders here")
+    parser.add_argument("--archive-mb", type=float, default=15.0)
+    parser.add_argument("--archive-files", type=int, default=4, help="the device tool: 64 MB in all")
+    args = parser.parse_args(argv)
+    if args.job:
+        run_job(args.job, args.profile, args.dataset, args.output_dir)
+        return 0
+
+    from kd_utils.experiments import STUDENT_METHODS
+    from kd_utils.notebook import FEW_LABEL_FRACTIONS, setup
+
+    session = setup("gpu_study", args.profile, args.dataset, output_dir=args.output_dir, use_drive=False, environ={})
+    sweep_methods = [] if args.no_sweeps or args.profile != "full" else unfinished_sweeps(STUDENT_METHODS)
+    jobs = study_jobs(session.seeds, sweep_methods, STUDENT_METHODS, FEW_LABEL_FRACTIONS)
+    if args.only:
+        jobs = [j for j in jobs if j.name in args.only.split(",")]
+    jobs = [Job("teacher"), *(replace(j, needs=(*j.needs, "teacher")) for j in jobs)]
+    log_dir = Path(os.environ.get("GPU_STUDY_LOGS", "/tmp/gpu-study-logs"))  # packed with the runs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    outcome = schedule(jobs, args, log_dir)
+    print(f"jobs after {time.time() - started:.0f} s:")
+    for name, result in outcome.items():
+        print(f"  {name:<22} {result}")
+    if args.archive_dir:
+        runs = changed_since(session.paths.checkpoints / "runs", started)
+        sweeps = [p for p in (session.paths.results.parent / "sweeps").glob("*") if p.stat().st_mtime >= started]
+        storage = [p for p in [ROOT / "checkpoints" / "sweeps.db"] if p.exists() and p.stat().st_mtime >= started]
+        logs = [log_dir]
+        order = [*storage, *sweeps, *logs, *runs]
+        left_out = pack([p.resolve() for p in order], args.archive_dir, args.archive_mb, args.archive_files)
+        print(f"packed {len(runs)} run folders, {len(sweeps)} sweep files into {args.archive_dir}")
+        for path in left_out:
+            print(f"  left out (over the archive limit): {path}")
+    return 0 if all(r == "ok" for r in outcome.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
