@@ -110,7 +110,11 @@ def test_two_worker_processes_share_one_capped_study(tmp_path):
         "sweep", "--method", "logit", "--trials", "2", "--max-trials", "4", "--storage", storage,
         "--results-dir", str(tmp_path / "sweeps"), "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     workers = [
         subprocess.Popen([sys.executable, *ENTRY, *args], cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE, text=True)
         for _ in range(2)
