@@ -9,8 +9,11 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import shutil
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,7 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -195,3 +199,46 @@ def test_cuda_teacher_cache_gives_identical_histories(small_splits, tiny_train_c
     assert filled[0] == reused[0] == inline[0]
     for k in filled[1]:
         assert torch.equal(filled[1][k], reused[1][k]) and torch.equal(filled[1][k], inline[1][k]), k
+
+
+# --- gpu_study.py: the study's runs on a lent GPU -------------------------------------------------------------
+
+
+def test_gpu_study_jobs_wait_for_what_they_read():
+    gpu_study = load_script("gpu_study")
+    methods = ("logit", "hidden", "regressor", "dkd", "dist", "at", "logit+regressor")
+    jobs = {j.name: j for j in gpu_study.study_jobs((0, 1), ["logit+regressor"], methods, (0.1, 0.01))}
+    assert jobs["04-final-1"].needs == ("01-03",)  # the final method is 01-03's best by validation F1
+    assert set(jobs["05-few-0.01"].needs) == {"05-logit", "05-dkd", "05-dist"}  # the best logit-based method
+    assert "05-logit+regressor" not in jobs  # its sweep job trains it, once the sweep chose its setting
+    assert {"sweep-logit+regressor", "04-baseline-0", "04-baseline-1", "05-at"} <= set(jobs)
+    assert list(jobs)[0] == "sweep-logit+regressor"  # the longest chain starts first
+
+
+def test_gpu_study_reads_the_makefiles_sweep_flags():
+    flags = load_script("gpu_study").makefile_sweep_flags()
+    makefile = (BENCHMARKS.parent / "Makefile").read_text()
+    assert flags[flags.index("--trials") + 1] == re.search(r"--trials (\d+)", makefile).group(1)
+    assert flags[flags.index("--storage") + 1].startswith("sqlite:///") and "--resume" in flags
+    assert not any("\\" in flag for flag in flags)
+
+
+def test_gpu_study_packs_within_the_size_and_file_limits(tmp_path, monkeypatch):
+    gpu_study = load_script("gpu_study")
+    monkeypatch.setattr(gpu_study, "ROOT", tmp_path)
+    folders = []
+    for k in range(5):
+        folder = tmp_path / "checkpoints" / "runs" / f"run{k}"
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(bytes(400_000))
+        folders.append(folder)
+    out = tmp_path / "out"
+    out.mkdir()
+    left_out = gpu_study.pack(folders, out, limit_mb=0.9, max_files=2)  # two 0.4 MB folders per file
+    assert sorted(p.name for p in out.iterdir()) == ["runs-1.tgz", "runs-2.tgz"]
+    assert left_out == [str(folders[4])]
+    with tarfile.open(out / "runs-2.tgz") as tar:
+        assert sorted(tar.getnames()) == [
+            "checkpoints/runs/run2", "checkpoints/runs/run2/last.pt", "checkpoints/runs/run3",
+            "checkpoints/runs/run3/last.pt",
+        ]  # fmt: skip
