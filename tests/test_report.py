@@ -23,6 +23,7 @@ from kd_utils.report import (
     markdown_table,
     notebook_times,
     per_class_gain_table,
+    provenance,
     replace_block,
 )
 
@@ -207,3 +208,11 @@ def test_labels_suffix_names_the_budget():
     assert labels_suffix("logit", 1.0) == "logit"
     assert labels_suffix("baseline", 0.1) == "baseline@10%labels"
     assert labels_suffix("final", 0.01) == "final@1%labels"
+
+
+def test_provenance_names_each_machine_once_also_for_resumed_runs():
+    gpu, cpu = "cuda: NVIDIA H200, torch 2.11.0+cu130", "cpu: AMD EPYC, 2 cores"
+    runs = {"a": seeded_record("logit", 0, 0.9), "b": seeded_record("baseline", 0, 0.8)}
+    runs["a"]["environment"] = {"hardware": f"{gpu} + {cpu}", "torch": "2.14.1"}  # trained on both
+    runs["b"]["environment"] = {"hardware": cpu, "torch": "2.14.1"}
+    assert f"seed 0, {gpu} / {cpu}, torch 2.14.1;" in provenance(runs)
