@@ -451,9 +451,12 @@ def provenance(runs: dict[str, dict], all_runs: list[dict] | None = None) -> str
     first = next(iter(runs.values()))
     sizes = first.get("data_sizes", {})
     envs = [r.get("environment", {}) for r in runs.values()]
-    machines = (part for e in envs for part in e.get("hardware", "unknown hardware").split(" + "))  # resumed runs
-    hardware = " / ".join(dict.fromkeys(machines))  # name each machine that trained them
-    torch_versions = ", ".join(dict.fromkeys(e.get("torch", "?") for e in envs))
+    # a run resumed elsewhere names each machine that trained it, "<device>, torch <version>", joined by " + "
+    parts = [part.split(", torch ") for e in envs for part in e.get("hardware", "unknown hardware").split(" + ")]
+    hardware = " / ".join(dict.fromkeys(part[0] for part in parts))
+    torch_versions = ", ".join(
+        dict.fromkeys([*(e.get("torch", "?") for e in envs), *(p[1] for p in parts if len(p) > 1)])
+    )
     dates = sorted(r["timestamp"][:10] for r in runs.values() if r.get("timestamp"))
     when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
     split = ", ".join(f"{k} {v:,}" for k, v in sizes.items())

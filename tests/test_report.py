@@ -214,5 +214,5 @@ def test_provenance_names_each_machine_once_also_for_resumed_runs():
     gpu, cpu = "cuda: NVIDIA H200, torch 2.11.0+cu130", "cpu: AMD EPYC, 2 cores"
     runs = {"a": seeded_record("logit", 0, 0.9), "b": seeded_record("baseline", 0, 0.8)}
     runs["a"]["environment"] = {"hardware": f"{gpu} + {cpu}", "torch": "2.14.1"}  # trained on both
-    runs["b"]["environment"] = {"hardware": cpu, "torch": "2.14.1"}
-    assert f"seed 0, {gpu} / {cpu}, torch 2.14.1;" in provenance(runs)
+    runs["b"]["environment"] = {"hardware": "cuda: NVIDIA H200", "torch": "2.14.1"}  # a baseline trained there
+    assert f"seed 0, cuda: NVIDIA H200 / {cpu}, torch 2.14.1, 2.11.0+cu130;" in provenance(runs)
