@@ -36,6 +36,7 @@ from .train import (
     infer,
     load_checkpoint,
     load_checkpoint_file,
+    machine_label,
     resolve_device,
     resolve_precision,
     time_to_accuracy,
@@ -182,7 +183,7 @@ def environment(cfg: ExperimentConfig, trained_on: list[str] | None = None) -> d
     precision = str(resolve_precision(cfg.train.precision, device)).removeprefix("torch.")
     env = {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads(),
            "precision": precision}  # fmt: skip
-    here = f"{env['hardware']}, torch {env['torch']}"
+    here = machine_label(device)
     if trained_on and trained_on != [here]:
         env.update(hardware=" + ".join(trained_on), evaluated_on=here)
     return env

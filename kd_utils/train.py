@@ -134,6 +134,11 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}: {model}, {os.cpu_count()} cores"
 
 
+def machine_label(device: torch.device) -> str:
+    """``"<device_name>, torch <version>"``: one entry of ``FitResult.trained_on``."""
+    return f"{device_name(device)}, torch {torch.__version__}"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU advertises AVX512-BF16 or AMX-BF16 (emulated bf16 is slower than fp32)."""
     try:
@@ -388,7 +393,7 @@ def fit(
             if log:
                 log(f"resumed {desc} from {last.name} after epoch {state['epoch']}")
     best_state = None
-    here = f"{device_name(device)}, torch {torch.__version__}"
+    here = machine_label(device)
     if start_epoch <= cfg.epochs and here not in result.trained_on:
         result.trained_on.append(here)
     for epoch in range(start_epoch, cfg.epochs + 1):
