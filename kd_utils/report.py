@@ -156,7 +156,7 @@ FIGURES: dict[str, Callable[[dict[str, dict]], plt.Figure | None]] = {
     "01_logit_curves": lambda runs: curves_figure(runs, ("baseline", "logit")),
     "02_hidden_curves": lambda runs: curves_figure(runs, ("baseline", "hidden")),
     "03_regressor_curves": lambda runs: curves_figure(runs, ("baseline", "regressor")),
-    "04_final_curves": lambda runs: curves_figure(runs, ("baseline", "final")),
+    "04_final_curves": lambda runs: curves_figure(runs, ("baseline", "final-baseline", "final")),  # 70 ep vs 70 ep
     "metrics": metrics_figure,
     "per_class_f1": per_class_figure,
     "confusion_teacher": lambda runs: confusion_figure(runs, "teacher"),

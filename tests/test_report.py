@@ -216,3 +216,16 @@ def test_provenance_names_each_machine_once_also_for_resumed_runs():
     runs["a"]["environment"] = {"hardware": f"{gpu} + {cpu}", "torch": "2.14.1"}  # trained on both
     runs["b"]["environment"] = {"hardware": "cuda: NVIDIA H200", "torch": "2.14.1"}  # a baseline trained there
     assert f"seed 0, cuda: NVIDIA H200 / {cpu}, torch 2.14.1, 2.11.0+cu130;" in provenance(runs)
+
+
+def test_final_curves_draw_the_baseline_of_the_same_length_beside_the_short_one():
+    history = [{"epoch": 1, "ce": 1.0, "val_loss": 1.1, "train_f1": 0.5, "val_f1": 0.4}]
+    runs = {name: {**seeded_record(name, 0, 0.8, epochs=70 if "final" in name else 15), "history": history}
+            for name in ("baseline", "final-baseline", "final")}  # fmt: skip
+    runs["final"]["experiment"] = "logit"
+    fig = FIGURES["04_final_curves"](runs)
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert any(t.startswith("final-baseline") for t in legend) and any(t.startswith("baseline ") for t in legend)
+    assert any(t.startswith("final (logit, 70 ep)") for t in legend)
+    del runs["final"]
+    assert FIGURES["04_final_curves"](runs) is None  # nothing to draw without the final run
