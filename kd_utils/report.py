@@ -66,11 +66,21 @@ def label(name: str, record: dict) -> str:
 
 
 def metric_rows(runs: dict[str, dict]) -> list[dict]:
-    baseline = runs.get("baseline", {}).get("test", {}).get("f1")
+    """One row per run: its test metrics and ``gain_f1``, its F1 minus that of the labels-only run of the same
+    length and label budget (the 70-epoch final run against ``final-baseline``, never the 15-epoch baseline);
+    None for the teacher, a labels-only run, or a run without such a partner."""
+    labels_only = {}
+    for name, r in runs.items():
+        kind, _, budget = name.partition("@")
+        if kind in ("baseline", "final-baseline"):
+            labels_only.setdefault((record_epochs(r), budget), r["test"]["f1"])
     rows = []
     for name, r in runs.items():
         t = r["test"]
-        gain = t["f1"] - baseline if baseline is not None and name not in ("teacher", "baseline") else None
+        kind, _, budget = name.partition("@")
+        paired = kind not in ("teacher", "baseline", "final-baseline")
+        reference = labels_only.get((record_epochs(r), budget)) if paired else None
+        gain = t["f1"] - reference if reference is not None else None
         rows.append({"name": label(name, r), **{k: t[k] for k in plots.METRICS}, "gain_f1": gain, "record": r})
     return rows
 

@@ -21,6 +21,7 @@ from kd_utils.report import (
     group_runs,
     latest_runs,
     markdown_table,
+    metric_rows,
     notebook_times,
     per_class_gain_table,
     provenance,
@@ -229,3 +230,15 @@ def test_final_curves_draw_the_baseline_of_the_same_length_beside_the_short_one(
     assert any(t.startswith("final (logit, 70 ep)") for t in legend)
     del runs["final"]
     assert FIGURES["04_final_curves"](runs) is None  # nothing to draw without the final run
+
+
+def test_table_gain_pairs_each_run_with_the_labels_only_run_of_its_length():
+    runs = {name: seeded_record(name, 0, f1, epochs=epochs) for name, f1, epochs in (
+        ("teacher", 0.95, 40), ("baseline", 0.90, 15), ("logit", 0.92, 15), ("final-baseline", 0.93, 70),
+        ("final", 0.94, 70))}  # fmt: skip
+    runs["final"]["experiment"] = "logit"
+    gains = {row["name"]: row["gain_f1"] for row in metric_rows(runs)}
+    assert gains["logit"] == pytest.approx(0.02) and gains["final (logit, 70 ep)"] == pytest.approx(0.01)  # not 0.04 vs 15 epochs
+    assert gains["teacher"] is gains["baseline"] is gains["final-baseline"] is None
+    del runs["final-baseline"]
+    assert metric_rows(runs)[-1]["gain_f1"] is None  # no 70-epoch partner: no mixed-schedule gain
