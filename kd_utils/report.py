@@ -66,21 +66,16 @@ def label(name: str, record: dict) -> str:
 
 
 def metric_rows(runs: dict[str, dict]) -> list[dict]:
-    """One row per run: its test metrics and ``gain_f1``, its F1 minus that of the labels-only run of the same
-    length and label budget (the 70-epoch final run against ``final-baseline``, never the 15-epoch baseline);
+    """One row per run: its test metrics and ``gain_f1``, its F1 minus that of its ``reference_for`` (the
+    labels-only run of the same length and label budget: the 70-epoch final run against ``final-baseline``);
     None for the teacher, a labels-only run, or a run without such a partner."""
-    labels_only = {}
-    for name, r in runs.items():
-        kind, _, budget = name.partition("@")
-        if kind in ("baseline", "final-baseline"):
-            labels_only.setdefault((record_epochs(r), budget), r["test"]["f1"])
+    epochs = {name: {record_epochs(r)} for name, r in runs.items()}
     rows = []
     for name, r in runs.items():
         t = r["test"]
-        kind, _, budget = name.partition("@")
-        paired = kind not in ("teacher", "baseline", "final-baseline")
-        reference = labels_only.get((record_epochs(r), budget)) if paired else None
-        gain = t["f1"] - reference if reference is not None else None
+        paired = name != "teacher" and not is_labels_only(name)
+        reference = reference_for(name, epochs) if paired else None
+        gain = t["f1"] - runs[reference]["test"]["f1"] if reference is not None else None
         rows.append({"name": label(name, r), **{k: t[k] for k in plots.METRICS}, "gain_f1": gain, "record": r})
     return rows
 
@@ -372,17 +367,18 @@ def gain_sentence(gain: PairedGain) -> str:
 # --- several seeds: paired comparison with the baseline ----------------------------------------------------
 
 
-def reference_for(name: str, grouped: dict[str, dict[int, dict]]) -> str | None:
-    """The labels-only run a student run is paired with: the baseline of the same length."""
-    seeds = grouped[name]
-    epochs = {record_epochs(r) for r in seeds.values()}
+def is_labels_only(name: str) -> bool:
+    return name.split("@")[0] in ("baseline", "final-baseline")
+
+
+def reference_for(name: str, epochs: dict[str, set[int]]) -> str | None:
+    """The labels-only run a student run is paired with: the baseline of the same length and label budget.
+
+    ``epochs`` maps each run name to the epoch counts of its records (one per seed).
+    """
     suffix = name[name.index("@") :] if "@" in name else ""
     for candidate in (f"baseline{suffix}", f"final-baseline{suffix}"):
-        if (
-            candidate in grouped
-            and candidate != name
-            and {record_epochs(r) for r in grouped[candidate].values()} == epochs
-        ):
+        if candidate in epochs and candidate != name and epochs[candidate] == epochs[name]:
             return candidate
     return None
 
@@ -390,6 +386,7 @@ def reference_for(name: str, grouped: dict[str, dict[int, dict]]) -> str | None:
 def comparison_rows(grouped: dict[str, dict[int, dict]]) -> list[dict]:
     """Per student run: mean and std of accuracy and F1 over seeds, the paired F1 gain against its baseline
     with a 95% t-interval, Holm-adjusted p-values across the runs sharing a baseline, McNemar per seed."""
+    epochs = {name: {record_epochs(r) for r in seeds.values()} for name, seeds in grouped.items()}
     rows = []
     for name, seeds in grouped.items():
         if name == "teacher":
@@ -398,8 +395,7 @@ def comparison_rows(grouped: dict[str, dict[int, dict]]) -> list[dict]:
         f1 = mean_std([r["test"]["f1"] for r in seeds.values()])
         row = {"name": name, "seeds": list(seeds), "accuracy": acc, "f1": f1, "reference": None, "gain": None,
                "mcnemar": [], "record": next(iter(seeds.values()))}  # fmt: skip
-        labels_only = name.split("@")[0] in ("baseline", "final-baseline")
-        reference = None if labels_only else reference_for(name, grouped)
+        reference = None if is_labels_only(name) else reference_for(name, epochs)
         if reference is not None:
             common = [s for s in seeds if s in grouped[reference]]
             if common:
