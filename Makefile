@@ -1,5 +1,5 @@
 # Two entry points for a fresh clone; each sets up what it needs first.
-#   make demo   quick offline run of every method on Fashion-MNIST (CPU, tens of minutes), prints the summary table
+#   make demo   every method once on 10,000 Fashion-MNIST images, 3 epochs (offline, CPU, a few minutes); summary table
 #   make test   the test suite: pytest tests/, then the notebooks through nbval (smoke profile)
 #   make report re-render Pictures/ and the README tables from results/
 #   make sweeps tune every method on validation F1 (short Optuna sweeps), before the study
@@ -26,7 +26,7 @@ data:  # Debian's Fashion-MNIST: the offline dataset (CIFAR-10 needs the network
 
 demo: setup data
 	$(PY) -m kd_utils run --experiment all --dataset fashion-mnist --train-size 10000 --epochs 3 --teacher-epochs 3 \
-	  --results-path runs/demo.json
+	  --hint-epochs 2 --checkpoint-dir runs/demo-checkpoints --results-path runs/demo.json --no-progress
 
 test: setup data  # unit tests, then every notebook executed in the smoke profile (nbval) in a scratch folder
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
@@ -44,22 +44,15 @@ checkpoints/notebooks/%.ipynb: | setup data
 
 study: $(STUDY_DONE)
 	cp $(STUDY_DONE) notebooks/
+	$(PY) -m kd_utils.notebook strip notebooks checkpoints/notebooks
 	$(PY) -m kd_utils report
 
-# Tuning before the study (validation F1 only): a short sweep per method, 6 trials of 5 epochs each on the
-# full training set, with the study's teacher and seed 0 (so the stored teacher outputs are shared with the
-# study's 15-epoch runs); notebook 05 then trains each method at the setting its sweep chose. Resumable: a
-# finished sweep is not run again (its -best.json exists), an interrupted one continues on its SQLite storage.
-SWEEP_METHODS := logit dkd dist rkd hidden logit+hidden regressor at logit+regressor fitnets
-SWEEP_FLAGS := --dataset fashion-mnist --teacher-epochs 40 --teacher-random-erasing 0.5 --epochs 5 --trials 6 \
-  --checkpoint-dir checkpoints --results-dir results/fashion-mnist/sweeps --storage sqlite:///checkpoints/sweeps.db \
-  --no-progress --resume
-
+# Tuning before the study (validation F1 only): one Optuna sweep per method with the study's teacher, its
+# settings in kd_utils/study.py (SWEEP_SETTINGS, sweep_argv); notebook 05 then trains each method at the setting
+# its sweep chose. Resumable: a finished sweep is not run again (its -best.json exists), an interrupted one
+# continues on its SQLite storage. `python -m kd_utils study jobs` lists the study's runs.
 sweeps: setup data
-	@for m in $(SWEEP_METHODS); do \
-	  [ -f "results/fashion-mnist/sweeps/fashion-mnist-$$(echo $$m | tr + _)-seed0-best.json" ] && continue; \
-	  $(PY) -m kd_utils sweep --method $$m $(SWEEP_FLAGS) || exit 1; \
-	done
+	$(PY) -m kd_utils study sweeps
 
 report: setup  # re-render Pictures/ and the README's result tables from results/
 	$(PY) -m kd_utils report

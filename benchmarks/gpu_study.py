@@ -4,13 +4,15 @@
     tar -xzf OUTDIR/runs-1.tgz ...                                                      # back in the checkout
     make study                                                                          # notebooks 00-05
 
-Each job makes the calls its notebook makes, with the config ``kd_utils.notebook.setup`` gives that notebook,
+The jobs are the study's protocol (``kd_utils.study.study_jobs``); each makes its notebook's calls (the
+functions of ``kd_utils.study``) with the config ``kd_utils.notebook.setup`` gives that notebook,
 so the run folders (named by a hash of the settings, not of the device) are the ones the notebooks open: a
 finished run is only evaluated there, an interrupted one resumes from its ``last.pt``. A record names every
 machine that trained its run (``FitResult.trained_on``). Jobs, each a subprocess (one CUDA context each; a
 small CNN leaves one GPU mostly idle, so several at once multiply its throughput):
 
-    sweep-<m>       the sweeps `make sweeps` has not finished (Makefile's flags), then 05's runs of <m>
+    teacher         the teacher and the 15-epoch baselines, which every other job reads
+    sweep-<m>       a sweep `make sweeps` has not finished (kd_utils.study.sweep_argv), then 05's runs of <m>
     01-03           notebooks 01-03: logit, hidden, regressor at the defaults, seed 0 (04's candidates)
     04-baseline-<s> notebook 04: the 70-epoch baseline of seed s
     04-final-<s>    notebook 04: the 70-epoch run of the best candidate by validation F1 (after 01-03)
@@ -26,106 +28,67 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kd_utils.study import Job
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-LOGIT_JOBS = ("05-logit", "05-dkd", "05-dist")
-
-
-@dataclass
-class Job:
-    name: str
-    needs: tuple[str, ...] = ()
-
-
-def study_jobs(seeds: tuple[int, ...], sweep_methods: list[str], methods: tuple[str, ...], fractions) -> list[Job]:
-    """Every job, in the order they are started when their needs are met (longest chains first)."""
-    jobs = [Job(f"sweep-{m}") for m in sweep_methods]
-    jobs += [Job("01-03")]
-    jobs += [Job(f"04-baseline-{s}") for s in seeds]
-    jobs += [Job(f"05-{m}") for m in ("logit", "dkd", "dist")]
-    jobs += [Job(f"05-{m}") for m in methods if m not in ("logit", "dkd", "dist") and m not in sweep_methods]
-    jobs += [Job(f"04-final-{s}", ("01-03",)) for s in seeds]
-    jobs += [Job(f"05-few-{f:g}", LOGIT_JOBS) for f in fractions]
-    return jobs
-
-
-def makefile_sweep_flags() -> list[str]:
-    """``SWEEP_FLAGS`` of the Makefile (one source of truth for the sweeps' settings)."""
-    text = (ROOT / "Makefile").read_text()
-    found = re.search(r"^SWEEP_FLAGS := ((?:.*\\\n)*.*)$", text, re.M)
-    if found is None:
-        raise SystemExit("Makefile: SWEEP_FLAGS not found")
-    return shlex.split(found.group(1).replace("\\\n", " "))
-
-
-def unfinished_sweeps(methods) -> list[str]:
-    done = ROOT / "results" / "fashion-mnist" / "sweeps"
-    return [m for m in methods if not (done / f"fashion-mnist-{m.replace('+', '_')}-seed0-best.json").exists()]
 
 
 # --- one job (in its own process) ------------------------------------------------------------------------------
 
 
-def run_job(name: str, profile: str, dataset: str, output_dir: str | None) -> None:
+def run_job(job, profile: str, dataset: str, output_dir: str | None) -> None:
+    """Make the calls of ``job``'s notebook (``kd_utils.study``'s functions, with that notebook's config)."""
+    from kd_utils import study
     from kd_utils.data import prepare_data
-    from kd_utils.experiments import best_by_validation, compare_methods, prepare_teacher, train_experiment
-    from kd_utils.notebook import FEW_LABEL_FRACTIONS, LOGIT_METHODS, STUDY_METHODS, setup
+    from kd_utils.notebook import setup
+    from kd_utils.runs import train_experiment
+    from kd_utils.teacher import prepare_teacher
 
-    session = setup(name, profile, dataset, output_dir=output_dir, use_drive=False, environ={}, log=None)
+    session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ={}, log=None)
     cfg, seeds = session.cfg, list(session.seeds)
     sweeps = session.paths.results.parent / "sweeps"
-    scratch = Path(output_dir or "/tmp") / "gpu-study-records" / f"{name}.json"  # records: the notebooks remake them
+    scratch = Path(output_dir or "/tmp") / "gpu-study-records" / f"{job.name}.json"  # the notebooks remake records
     data = prepare_data(cfg.data)
     teacher = prepare_teacher(cfg, data)
-    if name == "teacher":  # the teacher and the 15-epoch baselines every other job reads (cached in the study)
+    if job.kind == "teacher":  # the teacher and the 15-epoch baselines every other job reads (cached in the study)
         for seed_cfg in session.seed_configs(cfg):
             train_experiment("baseline", seed_cfg, data)
-    elif name.startswith("sweep-"):
-        method = name.removeprefix("sweep-")
+    elif job.kind == "sweep":
         if profile == "full":
             sweep_dir = Path(os.environ.get("GPU_STUDY_SWEEP_CHECKPOINTS", "/tmp/gpu-study-sweeps"))
-            (sweep_dir / "teachers").parent.mkdir(parents=True, exist_ok=True)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
             if not (sweep_dir / "teachers").exists():  # trial runs stay out of the study's checkpoints/runs
                 (sweep_dir / "teachers").symlink_to(Path(cfg.checkpoint_dir).resolve() / "teachers")
-            flags = makefile_sweep_flags()
-            flags[flags.index("--checkpoint-dir") + 1] = str(sweep_dir)
-            subprocess.run(
-                [sys.executable, "-m", "kd_utils", "sweep", "--method", method, *flags], cwd=ROOT, check=True
-            )
-        compare_methods(cfg, data, teacher, [method], seeds, sweeps, scratch)
-    elif name == "01-03":
-        for method in STUDY_METHODS:
-            train_experiment(method, cfg, data, teacher)
-    elif name.startswith("04-baseline-"):
-        seed_cfg = replace(session.final_config(), train=replace(session.final_config().train, seed=int(name[12:])))
-        train_experiment("baseline", seed_cfg, data, name="final-baseline")
-    elif name.startswith("04-final-"):
-        runs = {m: train_experiment(m, cfg, data, teacher)[1] for m in STUDY_METHODS}  # finished: evaluated only
-        best = best_by_validation(runs)
-        seed_cfg = replace(session.final_config(), train=replace(session.final_config().train, seed=int(name[9:])))
-        train_experiment(best, seed_cfg, data, teacher, name="final")
-    elif name.startswith("05-few-"):
-        records = []
-        for method in LOGIT_METHODS:
-            records += compare_methods(cfg, data, teacher, [method], seeds, sweeps, scratch, log=None)
-        chosen = best_by_validation({m: [r for r in records if r["experiment"] == m] for m in LOGIT_METHODS})
-        fraction = next(f for f in FEW_LABEL_FRACTIONS if f"{f:g}" == name.removeprefix("05-few-"))
-        few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
-        compare_methods(few_cfg, prepare_data(few_cfg.data), teacher, [chosen], seeds, sweeps, scratch)
-    elif name.startswith("05-"):
-        compare_methods(cfg, data, teacher, [name.removeprefix("05-")], seeds, sweeps, scratch)
+            argv = study.sweep_argv(job.arg, str(sweep_dir))
+            subprocess.run([sys.executable, "-m", "kd_utils", *argv], cwd=ROOT, check=True)
+        study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, scratch)
+    elif job.kind == "candidates":
+        study.train_candidates(cfg, data, teacher)
+    elif job.kind == "final-baseline":
+        train_experiment("baseline", study.with_seed(session.final_config(), job.arg), data, name="final-baseline",
+                         role="final-baseline")  # fmt: skip
+    elif job.kind == "final":
+        best = study.best_by_validation(study.train_candidates(cfg, data, teacher))  # finished: evaluated only
+        study.final_runs(session.final_config(), data, teacher, best, [job.arg])
+    elif job.kind == "few-labels":
+        records = study.compare_methods(cfg, data, teacher, list(study.LOGIT_METHODS), seeds, sweeps, scratch, log=None)
+        chosen = study.best_logit_method(records)
+        few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=job.arg))
+        study.compare_methods(few_cfg, prepare_data(few_cfg.data), teacher, [chosen], seeds, sweeps, scratch)
+    elif job.kind == "compare":
+        study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, scratch)
     else:
-        raise SystemExit(f"unknown job {name}")
+        raise SystemExit(f"unknown job {job.name}")
 
 
 # --- the scheduler ----------------------------------------------------------------------------------------------
@@ -227,19 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archive-mb", type=float, default=15.0)
     parser.add_argument("--archive-files", type=int, default=4, help="the device tool: 64 MB in all")
     args = parser.parse_args(argv)
+    from kd_utils.distill import STUDENT_METHODS
+    from kd_utils.notebook import setup
+    from kd_utils.study import FEW_LABEL_FRACTIONS, study_jobs, sweep_done
+
+    session = setup("gpu_study", args.profile, args.dataset, output_dir=args.output_dir, use_drive=False, environ={},
+                    log=None if args.job else print)  # fmt: skip
+    unfinished = [] if args.no_sweeps or args.profile != "full" else [m for m in STUDENT_METHODS if not sweep_done(m)]
+    jobs = study_jobs(session.seeds, unfinished, STUDENT_METHODS, FEW_LABEL_FRACTIONS)
     if args.job:
-        run_job(args.job, args.profile, args.dataset, args.output_dir)
+        run_job(next(j for j in jobs if j.name == args.job), args.profile, args.dataset, args.output_dir)
         return 0
-
-    from kd_utils.experiments import STUDENT_METHODS
-    from kd_utils.notebook import FEW_LABEL_FRACTIONS, setup
-
-    session = setup("gpu_study", args.profile, args.dataset, output_dir=args.output_dir, use_drive=False, environ={})
-    sweep_methods = [] if args.no_sweeps or args.profile != "full" else unfinished_sweeps(STUDENT_METHODS)
-    jobs = study_jobs(session.seeds, sweep_methods, STUDENT_METHODS, FEW_LABEL_FRACTIONS)
     if args.only:
-        jobs = [j for j in jobs if j.name in args.only.split(",")]
-    jobs = [Job("teacher"), *(replace(j, needs=(*j.needs, "teacher")) for j in jobs)]
+        jobs = [j for j in jobs if j.name == "teacher" or j.name in args.only.split(",")]
     log_dir = Path(os.environ.get("GPU_STUDY_LOGS", "/tmp/gpu-study-logs"))  # packed with the runs
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()

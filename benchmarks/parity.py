@@ -23,7 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd_utils.data import DataConfig, TensorLoader, prepare_data  # noqa: E402
 from kd_utils.distill import build_distiller  # noqa: E402
 from kd_utils.models import build_model  # noqa: E402
-from kd_utils.train import TrainConfig, device_name, evaluate, fit, resolve_device, resolve_precision  # noqa: E402
+from kd_utils.train import (  # noqa: E402
+    EVAL_BATCH_SIZE,
+    TrainConfig,
+    device_name,
+    evaluate,
+    fit,
+    resolve_device,
+    resolve_precision,
+)
 
 SETTINGS = {
     "fp32-plain": {"precision": "fp32", "channels_last": False},
@@ -47,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for seed in args.seeds:
         data = prepare_data(DataConfig(dataset=args.dataset, train_size=args.train_size, seed=seed))
-        test = TensorLoader(data.test_x, data.test_y, data.info, 512, device)
+        test = TensorLoader(data.test_x, data.test_y, data.info, EVAL_BATCH_SIZE, device)
         for name in args.settings:
             cfg = TrainConfig(epochs=args.epochs, seed=seed, device=str(device), progress=False, **SETTINGS[name])
             torch.manual_seed(seed)

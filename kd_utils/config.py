@@ -1,6 +1,7 @@
 """One configuration for an experiment: the data, training and distillation configs composed, plus the
 teacher/student choices. Every default is stated once, in its dataclass; the CLI flags, the ``--config`` TOML
-file and the notebooks' parameters all map onto these fields.
+file and the notebooks' parameters all map onto these fields, and each field's trailing comment is its flag's help
+text (``Flag.help``), so a comment states what the setting means and never its default (the CLI shows that).
 
 Flags are the field names with dashes (``level_weights`` -> ``--level-weights``); the data split's seed is
 ``--split-seed`` (``--seed`` is the training seed: weight init, batch order, augmentation). A record's
@@ -9,12 +10,20 @@ Flags are the field names with dashes (``level_weights`` -> ``--level-weights``)
 
 from __future__ import annotations
 
+import functools
+import inspect
+import io
 import json
 import math
+import textwrap
+import tokenize
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from .data import DataConfig
 from .distill import DistillConfig
@@ -30,17 +39,17 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation of every student (and the teacher)
     distill: DistillConfig = field(default_factory=DistillConfig)  # every method's loss settings
     teacher: str = "teacher_cnn"  # teacher architecture: a kd_utils model, timm:NAME or tv:NAME
-    student: str = "student_cnn"  # student architecture
+    student: str = "student_cnn"  # student architecture (as --teacher)
     teacher_epochs: int = 30  # the teacher's epochs (its other training settings are the students')
     teacher_random_erasing: float = 0.0  # the teacher's random-erasing probability (students: --random-erasing)
-    teacher_checkpoint: str | None = None  # use these teacher weights instead of training one
+    teacher_checkpoint: str | None = None  # use these teacher weights (.pt) instead of training one
     student_checkpoint: str | None = None  # start students from these weights instead of random init
     checkpoint_dir: str = "checkpoints"  # teacher/baseline cache, run checkpoints, stored teacher outputs
     resume: bool = False  # continue interrupted runs from their last.pt
-    allow_weak_teacher: bool = False  # distil even from a teacher near chance level
+    allow_weak_teacher: bool = False  # distil even from a teacher near chance level (otherwise refused)
     fuse_teacher_bn: bool = True  # distil from a BN-folded copy of the teacher: same outputs, faster forward
     teacher_cache: bool = True  # store each epoch's teacher logits/pooled maps once per data stream and reuse them
-    tensorboard: str | None = None  # write per-epoch scalars under this folder (needs the tensorboard package)
+    tensorboard: str | None = None  # write per-epoch TensorBoard scalars under this folder (needs tensorboard)
 
     def teacher_train_config(self) -> TrainConfig:
         return replace(self.train, epochs=self.teacher_epochs, random_erasing=self.teacher_random_erasing)
@@ -66,6 +75,37 @@ class Flag:
     attr: str  # the dataclass field
     type: str  # the annotation as written, e.g. "int | None"
     default: object
+    help: str  # the field's trailing comment in its dataclass
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """``{field: its trailing comment}`` of a dataclass, read from its source: the help text of its flags.
+
+    A field is a statement ``name: type = ...`` directly in the class body; its comment is the last one on
+    that statement's lines, without the leading ``# ``.
+    """
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source shipped (a frozen or bytecode-only install): flags without help
+        return {}
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments, depth, code, comment = {}, 0, [], ""
+    for tok in tokens:
+        if tok.type == tokenize.INDENT:
+            depth += 1
+        elif tok.type == tokenize.DEDENT:
+            depth -= 1
+        elif tok.type == tokenize.COMMENT:
+            comment = tok.string if code else comment  # a comment on a line of its own is no field's
+        elif tok.type == tokenize.NEWLINE:
+            is_field = depth == 1 and len(code) > 1 and code[0].type == tokenize.NAME and code[1].string == ":"
+            if is_field and comment:
+                comments[code[0].string] = comment.removeprefix("#").strip()
+            code, comment = [], ""
+        elif tok.type not in (tokenize.NL, tokenize.ENCODING):
+            code.append(tok)
+    return comments
 
 
 def flag_table() -> list[Flag]:
@@ -74,11 +114,14 @@ def flag_table() -> list[Flag]:
     table = []
     for f in fields(ExperimentConfig):
         if f.name in SECTIONS:
-            for g in fields(SECTIONS[f.name]):
+            section, helps = SECTIONS[f.name], field_comments(SECTIONS[f.name])
+            for g in fields(section):
                 name = RENAMED.get((f.name, g.name), g.name).replace("_", "-")
-                table.append(Flag(name, f.name, g.name, str(g.type), getattr(getattr(defaults, f.name), g.name)))
+                default = getattr(getattr(defaults, f.name), g.name)
+                table.append(Flag(name, f.name, g.name, str(g.type), default, helps.get(g.name, "")))
         else:
-            table.append(Flag(f.name.replace("_", "-"), None, f.name, str(f.type), getattr(defaults, f.name)))
+            default, help_text = getattr(defaults, f.name), field_comments(ExperimentConfig).get(f.name, "")
+            table.append(Flag(f.name.replace("_", "-"), None, f.name, str(f.type), default, help_text))
     return table
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -388,14 +389,16 @@ def stratified_subset(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Ten
 
 @dataclass
 class DataConfig:
-    dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic
-    data_dir: str = "./data"  # where datasets live (or are downloaded to)
+    dataset: str = "cifar10"  # cifar10 | cifar100 | fashion-mnist | synthetic (the others download via torchvision)
+    data_dir: str = field(
+        default_factory=lambda: os.environ.get("KD_DATA_DIR") or "./data"
+    )  # where datasets live (or are downloaded to); $KD_DATA_DIR when set
     download: bool = True  # fetch through torchvision when files are missing (needs network)
-    val_size: int | None = None  # images carved from train for model selection; None: dataset default
+    val_size: int | None = None  # validation images carved from train, stratified; None: the dataset's default_val_size
     train_size: int | None = None  # stratified training subset for quick runs; None: all
     test_size: int | None = None  # stratified test subset; None: all
-    labeled_fraction: float = 1.0  # stratified fraction of training images whose labels are used
-    seed: int = 0  # seeds every split
+    labeled_fraction: float = 1.0  # stratified share of training labels used, in (0, 1]; teacher terms see all images
+    seed: int = 0  # seed of the validation split and the subsets (kept fixed across --seeds)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the CLI flag of the first setting that is wrong before any data is read.

@@ -13,48 +13,65 @@ student; the teacher's parameters never require grad and it stays in eval mode w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import (
+    AT_P,
+    CHANNEL_MATCH,
     CHANNEL_MATCHES,
+    DIST_BETA,
+    DIST_GAMMA,
+    DIST_TEMPERATURE,
+    DKD_ALPHA,
+    DKD_BETA,
+    FEATURE_KIND,
     FEATURE_KINDS,
+    KD_ALPHA,
+    KD_TEMPERATURE,
+    RKD_ANGLE_WEIGHT,
+    RKD_DISTANCE_WEIGHT,
+    SPATIAL_SIZE,
     FeatureRegressor,
     attention_transfer_loss,
     dist_loss,
     dkd_loss,
     hidden_state_loss,
-    kd_loss,
+    kd_loss_terms,
     level_weights,
     masked_cross_entropy,
     regressor_loss,
     rkd_loss,
-    soft_target_kl,
 )
+
+# Fields added after the stored study, at the value that reproduces the old behaviour: left out of
+# ``shaping_dict`` there, so the run folders named by its hash keep their names.
+NO_OP_DEFAULTS = {"dkd_warmup_epochs": 0}
 
 
 @dataclass
 class DistillConfig:
-    alpha: float = 0.9  # logit KD: weight of the soft-target KL; 1 - alpha weighs cross-entropy
-    temperature: float = 4.0  # logit KD and DKD: softmax temperature T
+    alpha: float = KD_ALPHA  # logit KD: weight of the soft-target KL, in [0, 1]; 1 - alpha weighs cross-entropy
+    temperature: float = KD_TEMPERATURE  # logit KD and DKD: softmax temperature T > 0
     feature_weight: float = 1.0  # hidden: weight of the feature term next to the label loss
     regressor_weight: float = 100.0  # regressor / fitnets hint: weight of the MSE hint (FitNets code, mdistiller)
-    level_weights: tuple[float, ...] | None = None  # hidden / regressor / at: one weight per matched level
-    feature_kind: str = "cosine"  # hidden: cosine (1 - cos, O(1) like CE) | mse (of L2-normalised maps, ~1/dim)
-    channel_match: str = "pool"  # hidden: pool | truncate
-    spatial_size: int = 1  # hidden: maps pooled to spatial_size x spatial_size before matching
-    dkd_alpha: float = 1.0  # DKD: weight of the target-class term (Zhao et al. 2022)
-    dkd_beta: float = 8.0  # DKD: weight of the non-target-class term
-    dist_beta: float = 1.0  # DIST: weight of the inter-class (per-sample) relation (Huang et al. 2022)
-    dist_gamma: float = 1.0  # DIST: weight of the intra-class (per-class) relation
-    dist_temperature: float = 1.0  # DIST: softmax temperature
+    level_weights: tuple[float, ...] | None = None  # hidden / regressor / at: a weight per matched level, e.g. 0.5,1,1
+    feature_kind: str = FEATURE_KIND  # hidden: distance of unit-norm maps: cosine (1 - cos, O(1) as CE) | mse (~1/dim)
+    channel_match: str = CHANNEL_MATCH  # hidden: how channel counts are matched: pool (average channels) | truncate
+    spatial_size: int = SPATIAL_SIZE  # hidden: maps pooled to spatial_size x spatial_size before matching
+    dkd_alpha: float = DKD_ALPHA  # DKD: weight of the target-class term (Zhao et al. 2022)
+    dkd_beta: float = DKD_BETA  # DKD: weight of the non-target-class term
+    dkd_warmup_epochs: int = 0  # DKD: term scaled by min(epoch / this, 1), epoch from 1 (reference: 20 of 240); 0: off
+    dist_beta: float = DIST_BETA  # DIST: weight of the inter-class (per-sample) relation (Huang et al. 2022)
+    dist_gamma: float = DIST_GAMMA  # DIST: weight of the intra-class (per-class) relation
+    dist_temperature: float = DIST_TEMPERATURE  # DIST: softmax temperature
     at_weight: float = 1000.0  # attention transfer: weight beta of the attention term (Zagoruyko & Komodakis)
-    at_p: float = 2.0  # attention transfer: attention map = mean over channels of |F|^p
-    rkd_distance_weight: float = 25.0  # RKD: weight of the distance-wise term (Park et al. 2019)
-    rkd_angle_weight: float = 50.0  # RKD: weight of the angle-wise term
+    at_p: float = AT_P  # attention transfer: attention map = mean over channels of |F|^p, p >= 1
+    rkd_distance_weight: float = RKD_DISTANCE_WEIGHT  # RKD: weight of the distance-wise term (Park et al. 2019)
+    rkd_angle_weight: float = RKD_ANGLE_WEIGHT  # RKD: weight of the angle-wise term
     hint_epochs: int = 5  # fitnets: stage-1 epochs on the hint loss alone, before stage-2 logit KD
     hint_level: int | None = None  # fitnets: student stage guided by the teacher (None: the middle one)
 
@@ -73,6 +90,7 @@ class DistillConfig:
             (self.at_p >= 1, "at_p", "must be >= 1 (the attention map's gradient is infinite at 0 below 1)"),
             (self.spatial_size >= 1, "spatial_size", "must be >= 1"),
             (self.hint_epochs >= 1, "hint_epochs", "must be >= 1"),
+            (self.dkd_warmup_epochs >= 0, "dkd_warmup_epochs", "must be >= 0 (0: no warm-up)"),
             (self.hint_level is None or self.hint_level >= 0, "hint_level", "must be >= 0"),
             (self.feature_kind in FEATURE_KINDS, "feature_kind", f"choose from: {', '.join(FEATURE_KINDS)}"),
             (self.channel_match in CHANNEL_MATCHES, "channel_match", f"choose from: {', '.join(CHANNEL_MATCHES)}"),
@@ -84,6 +102,13 @@ class DistillConfig:
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"--{flag(name)} {getattr(self, name)}: {rule}")
+
+    def shaping_dict(self) -> dict:
+        """``asdict`` without the fields at their no-op value (``NO_OP_DEFAULTS``): what names a run's folder.
+
+        A setting added later hashes like the old config while it is off, so stored checkpoints are found.
+        """
+        return {k: v for k, v in asdict(self).items() if not (k in NO_OP_DEFAULTS and v == NO_OP_DEFAULTS[k])}
 
 
 def flag(field_name: str) -> str:
@@ -106,6 +131,12 @@ class Distiller(nn.Module):
     """Base: the student trained with cross-entropy alone (the baseline).
 
     Subclasses set ``needs``: which teacher targets they read (``logits``, ``pooled``, ``maps``).
+
+    Training progress: ``fit`` calls ``start_epoch(epoch, steps_per_epoch)`` before each training epoch, with
+    the 1-based epoch (on resume the real one, so a schedule resumes exactly). A method whose paper schedules a
+    term over training overrides it and keeps the schedule's value in a buffer (a tensor, so a compiled step
+    does not recompile each epoch). Never told an epoch (used outside ``fit``), a method computes its
+    unscheduled loss, as after any warm-up.
     """
 
     needs: tuple[str, ...] = ()
@@ -119,9 +150,15 @@ class Distiller(nn.Module):
         self.pool_size = self.cfg.spatial_size  # size of the pooled teacher maps ("pooled" targets)
         n_teacher = len(teacher.feature_channels) if teacher is not None else 0
         self.pairs = matched_levels(len(student.feature_channels), n_teacher) if teacher is not None else []
+        self.epoch: int | None = None  # the training epoch, set by start_epoch (None: not told)
+        self.steps_per_epoch: int | None = None
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
+
+    def start_epoch(self, epoch: int, steps_per_epoch: int) -> None:
+        """Record the training progress: ``epoch`` counts from 1, each of ``steps_per_epoch`` optimiser steps."""
+        self.epoch, self.steps_per_epoch = epoch, steps_per_epoch
 
     @property
     def cacheable(self) -> bool:
@@ -179,9 +216,7 @@ class LogitDistiller(Distiller):
     needs = ("logits",)
 
     def loss(self, logits, feats, y, targets):
-        ce = masked_cross_entropy(logits, y)
-        kd = soft_target_kl(logits, targets["logits"], self.cfg.temperature)
-        total = kd_loss(logits, targets["logits"], y, self.cfg.temperature, self.cfg.alpha)
+        total, ce, kd = kd_loss_terms(logits, targets["logits"], y, self.cfg.temperature, self.cfg.alpha)
         return total, {"ce": ce, "kd": kd}
 
 
@@ -249,14 +284,33 @@ class LogitRegressorDistiller(RegressorDistiller):
 
 
 class DKDDistiller(Distiller):
-    """``CE(s, y) + dkd_loss(s, t, y)``: decoupled KD (Zhao et al. 2022), target and non-target terms weighed apart."""
+    """``CE(s, y) + w(epoch) * dkd_loss(s, t, y)``: decoupled KD (Zhao et al. 2022), target and non-target terms
+    weighed apart. With ``dkd_warmup_epochs = E > 0``, ``w = min(epoch / E, 1)`` (epoch from 1), as in the
+    reference code (mdistiller: E = 20 of 240 epochs); ``E = 0``: ``w = 1``. The logged ``kd`` is the weighted term.
+    """
 
     needs = ("logits",)
+
+    def __init__(self, student, teacher, cfg=None):
+        super().__init__(student, teacher, cfg)
+        # not persistent: checkpoints stay as before; fit sets it from the real epoch, resumed runs included
+        self.register_buffer("warmup", torch.ones(()), persistent=False)
+
+    def start_epoch(self, epoch: int, steps_per_epoch: int) -> None:
+        super().start_epoch(epoch, steps_per_epoch)
+        self.warmup.fill_(dkd_warmup(epoch, self.cfg.dkd_warmup_epochs))
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
         kd = dkd_loss(logits, targets["logits"], y, self.cfg.dkd_alpha, self.cfg.dkd_beta, self.cfg.temperature)
+        if self.cfg.dkd_warmup_epochs > 0:
+            kd = self.warmup * kd
         return ce + kd, {"ce": ce, "kd": kd}
+
+
+def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
+    """DKD's warm-up factor ``min(epoch / warmup_epochs, 1)``, epoch counted from 1; 1 when ``warmup_epochs`` is 0."""
+    return min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
 
 
 class DISTDistiller(Distiller):
@@ -378,6 +432,13 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "hint": HintDistiller,  # FitNets stage 1; the two-stage "fitnets" experiment chains it with "logit"
 }
 METHODS = tuple(DISTILLERS)
+# What a study compares: every distiller but the baseline (labels only) and FitNets' stage 1 ("hint"), plus
+# the two-stage "fitnets", which the experiment runner chains from the "hint" and "logit" distillers.
+STUDENT_METHODS = (
+    "logit", "hidden", "regressor", "dkd", "dist", "at", "rkd", "logit+hidden", "logit+regressor", "fitnets",
+)  # fmt: skip
+NON_METHODS = ("baseline", "hint")  # distillers that are no method of their own: labels only, FitNets stage 1
+TWO_STAGE = {"fitnets": ("hint", "logit")}  # stage 1, stage 2
 
 
 def build_distiller(

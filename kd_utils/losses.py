@@ -15,6 +15,21 @@ from torch import Tensor, nn
 FEATURE_KINDS = ("mse", "cosine")
 CHANNEL_MATCHES = ("pool", "truncate")
 
+# The tunable settings' defaults, stated once: the loss functions' keyword defaults and DistillConfig's fields.
+KD_TEMPERATURE = 4.0  # logit KD and DKD: softmax temperature (4: the usual CIFAR setting, DKD's too)
+KD_ALPHA = 0.9  # logit KD: weight of the soft-target KL (1 - alpha weighs cross-entropy)
+DKD_ALPHA = 1.0  # DKD: target-class weight (Zhao et al. 2022)
+DKD_BETA = 8.0  # DKD: non-target-class weight (mdistiller's CIFAR-100 default)
+DIST_BETA = 1.0  # DIST: inter-class weight (Huang et al. 2022)
+DIST_GAMMA = 1.0  # DIST: intra-class weight
+DIST_TEMPERATURE = 1.0  # DIST: softmax temperature
+FEATURE_KIND = "cosine"  # hidden-state distance: 1 - cos is O(1) like CE; mse of unit vectors is ~1/dim
+CHANNEL_MATCH = "pool"  # hidden-state channel matching
+SPATIAL_SIZE = 1  # hidden-state maps pooled to this size
+AT_P = 2.0  # attention transfer exponent (Zagoruyko & Komodakis 2017)
+RKD_DISTANCE_WEIGHT = 25.0  # RKD distance-wise weight (Park et al. 2019)
+RKD_ANGLE_WEIGHT = 50.0  # RKD angle-wise weight
+
 
 def _check_temperature(temperature: float) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
@@ -55,18 +70,30 @@ def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     return temperature**2 * kl
 
 
+def kd_loss_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    temperature: float = KD_TEMPERATURE,
+    alpha: float = KD_ALPHA,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(total, ce, kl)`` of ``kd_loss``: the total and its two terms, each computed once."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    ce = masked_cross_entropy(student_logits, targets)
+    kl = soft_target_kl(student_logits, teacher_logits, temperature)
+    return (1 - alpha) * ce + alpha * kl, ce, kl
+
+
 def kd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
-    temperature: float = 4.0,
-    alpha: float = 0.9,
+    temperature: float = KD_TEMPERATURE,
+    alpha: float = KD_ALPHA,
 ) -> Tensor:
     """``(1 - alpha) * CE(s, y) + alpha * soft_target_kl(s, t, T)``; CE over labeled targets only."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    ce = masked_cross_entropy(student_logits, targets)
-    return (1 - alpha) * ce + alpha * soft_target_kl(student_logits, teacher_logits, temperature)
+    return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha)[0]
 
 
 def _non_target(x: Tensor, targets: Tensor) -> Tensor:
@@ -102,9 +129,9 @@ def dkd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     targets: Tensor,
-    alpha: float = 1.0,
-    beta: float = 8.0,
-    temperature: float = 4.0,
+    alpha: float = DKD_ALPHA,
+    beta: float = DKD_BETA,
+    temperature: float = KD_TEMPERATURE,
 ) -> Tensor:
     """Decoupled KD (Zhao et al. 2022, "Decoupled Knowledge Distillation"): ``alpha * TCKD + beta * NCKD``.
 
@@ -147,9 +174,9 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 def dist_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    beta: float = 1.0,
-    gamma: float = 1.0,
-    temperature: float = 1.0,
+    beta: float = DIST_BETA,
+    gamma: float = DIST_GAMMA,
+    temperature: float = DIST_TEMPERATURE,
 ) -> Tensor:
     """DIST (Huang et al. 2022, "Knowledge Distillation from A Stronger Teacher"): match correlations, not
     values. With ``p = softmax(z / T)`` per sample, (B, K):
@@ -216,9 +243,9 @@ def hidden_state_loss(
     student_feats: Sequence[Tensor],
     teacher_feats: Sequence[Tensor],
     weights: Sequence[float] | None = None,
-    kind: str = "mse",
-    channel_match: str = "pool",
-    spatial_size: int = 1,
+    kind: str = FEATURE_KIND,
+    channel_match: str = CHANNEL_MATCH,
+    spatial_size: int = SPATIAL_SIZE,
 ) -> Tensor:
     """Parameter-free hidden-state imitation, summed over levels with one weight per level.
 
@@ -265,7 +292,7 @@ def _attention_map(x: Tensor, p: float) -> Tensor:
 def attention_transfer_loss(
     student_feats: Sequence[Tensor],
     teacher_feats: Sequence[Tensor],
-    p: float = 2.0,
+    p: float = AT_P,
 ) -> Tensor:
     """Attention transfer (Zagoruyko and Komodakis 2017, "Paying More Attention to Attention"), summed over
     levels: ``sum_l mean_{b, x} (a_s(b, x) - a_t(b, x))^2`` with ``a = normalize(mean_c |F_c|^p)``, the
@@ -352,8 +379,8 @@ def _rkd_relations(embed: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
 def rkd_loss(
     student_embed: Tensor,
     teacher_embed: Tensor,
-    distance_weight: float = 25.0,
-    angle_weight: float = 50.0,
+    distance_weight: float = RKD_DISTANCE_WEIGHT,
+    angle_weight: float = RKD_ANGLE_WEIGHT,
 ) -> Tensor:
     """Relational KD (Park et al. 2019): ``distance_weight * L_D + angle_weight * L_A`` on (B, D) embeddings
     (the student's and teacher's D may differ).

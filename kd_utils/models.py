@@ -238,7 +238,7 @@ def import_timm():
     try:
         import timm
     except ImportError:
-        raise ValueError("timm is not installed; pip install timm") from None
+        raise ValueError("timm is not installed; pip install timm (or pip install 'kd_utils[timm]')") from None
     return timm
 
 

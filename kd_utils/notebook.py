@@ -1,16 +1,19 @@
-"""What the five notebooks share, so each notebook keeps only its story.
+"""What the six notebooks share, so each notebook keeps only its story.
 
 ``setup`` turns a notebook's parameters cell (``PROFILE``, ``DATASET``, ``SEED``, ``EPOCHS``, ``PRECISION``,
-``OUTPUT_DIR``, ``USE_DRIVE``) into a ``Session``: the ``KD_*`` environment variables override the parameters,
-Colab mounts Google Drive so results, checkpoints and figures outlive the runtime, and one run-info line is
-printed. ``finish`` prints the wall time and saves the run's facts in ``results/<dataset>/notebooks.json``.
+``OUTPUT_DIR``, ``USE_DRIVE``, ``DATA_DIR``) into a ``Session``: the ``KD_*`` environment variables override the
+parameters, Colab mounts Google Drive so results, checkpoints and figures outlive the runtime, and one run-info
+line is printed. ``Session.save`` stores a run's record in ``results/<dataset>/runs.json``, replacing the record
+of the same run, so re-running a notebook adds no duplicate. ``finish`` prints the wall time and saves the
+run's facts in ``results/<dataset>/notebooks.json``.
 
 Profiles: ``full`` is the study; ``smoke`` runs the same cells on a small slice in seconds and never writes
 where the study writes.
 
 The repository URL is stated once, in ``pyproject.toml`` (``[project.urls] Repository``);
 ``python -m kd_utils.notebook sync`` writes each notebook's Colab badge and install cell from it, and
-``python -m kd_utils.notebook check`` lists the notebooks that disagree with it.
+``python -m kd_utils.notebook check`` lists the notebooks that disagree with it or that carry widget state
+(stale tqdm widgets), which ``python -m kd_utils.notebook strip`` removes.
 """
 
 from __future__ import annotations
@@ -22,19 +25,19 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import tomllib
 import torch
 from filelock import FileLock
 
-from .config import ExperimentConfig, from_flags
+from .config import ExperimentConfig, from_flags, tomllib
 from .data import DATASETS, dataset_info
-from .experiments import FINAL_EPOCHS
 from .models import build_model, count_parameters
+from .records import RunRecord
 from .results import LOCK_TIMEOUT_S, append_run, atomic_write
+from .study import FINAL_EPOCHS, STUDY_EPOCHS, STUDY_SEEDS, STUDY_TEACHER
 from .train import PRECISIONS, device_name, resolve_device, resolve_precision
 
 REPO_ROOT = Path(__file__).resolve().parents[1]  # a source checkout (a Colab clone included)
@@ -42,15 +45,11 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 BRANCH = "main"  # the branch Colab badges open
 
 PROFILES: dict[str, dict] = {
-    # the teacher: 40 epochs with random erasing (p = 0.5), the strong teacher of the stored study
-    "full": {"teacher_epochs": 40, "teacher_random_erasing": 0.5, "epochs": 15, "final_epochs": FINAL_EPOCHS,
-             "seeds": (0, 1, 2)},
+    # the study's protocol (kd_utils.study): its teacher, lengths and seeds
+    "full": {**STUDY_TEACHER, "epochs": STUDY_EPOCHS, "final_epochs": FINAL_EPOCHS, "seeds": STUDY_SEEDS},
     "smoke": {"teacher_epochs": 2, "epochs": 2, "final_epochs": 3, "train_size": 2000, "val_size": 500,
               "test_size": 1000, "seeds": (0, 1)},
 }  # fmt: skip
-STUDY_METHODS = ("logit", "hidden", "regressor")  # the methods of notebooks 01-03; notebook 04 picks among them
-LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
-FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 
 # environment variable -> (setup argument, parser); an empty value leaves the parameter as it is
 ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -60,6 +59,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], object]]] = {
     "KD_EPOCHS": ("epochs", lambda text: int(text) or None),  # 0: the profile's value
     "KD_PRECISION": ("precision", str),
     "KD_OUTPUT_DIR": ("output_dir", str),
+    "KD_DATA_DIR": ("data_dir", str),
 }
 DRIVE_MOUNT = "/content/drive"  # where Colab mounts Google Drive
 DRIVE_DIR = "/content/drive/MyDrive/kd-cifar"  # the study's folder on Drive (OUTPUT_DIR's default in Colab)
@@ -70,7 +70,7 @@ DRIVE_DIR = "/content/drive/MyDrive/kd-cifar"  # the study's folder on Drive (OU
 
 @dataclass
 class StudyPaths:
-    results: Path  # <root>/results/<dataset>/runs.json: every run's record, appended
+    results: Path  # <root>/results/<dataset>/runs.json: every run's record (a re-run replaces its own)
     pictures: Path  # figures
     checkpoints: Path  # teacher/baseline cache and run checkpoints (shared by all notebooks)
     where: str  # the root in words, for printing (never an absolute path)
@@ -161,9 +161,10 @@ class Session:
         """``cfg`` once per seed of the session (its own seed first)."""
         return [replace(cfg, train=replace(cfg.train, seed=seed)) for seed in self.seeds]
 
-    def save(self, record: dict) -> dict:
-        """Append a run's record to ``runs.json``; returns it."""
-        append_run(self.paths.results, record)
+    def save(self, record: RunRecord | dict) -> RunRecord | dict:
+        """Store a run's record in ``runs.json``, in place of the record of the same run (``same_run``) if
+        there is one, else appended; returns it."""
+        append_run(self.paths.results, record, replace_same_run=True)
         return record
 
     def run_info(self) -> str:
@@ -202,15 +203,17 @@ def setup(
     precision: str = "auto",
     output_dir: str | None = None,
     use_drive: bool = True,
+    data_dir: str | None = None,
     environ: Mapping[str, str] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> Session:
     """The session of one notebook execution, from its parameters cell.
 
-    ``KD_PROFILE``, ``KD_DATASET``, ``KD_SEED``, ``KD_EPOCHS``, ``KD_PRECISION`` and ``KD_OUTPUT_DIR`` (from
-    ``environ``, default ``os.environ``) override the parameters. In Colab with ``use_drive``, Google Drive is
-    mounted and outputs go to ``output_dir`` or ``DRIVE_DIR``, so a new runtime resumes from its checkpoints
-    and notebooks 01-04 reuse the teacher of 00. Prints the run-info line and where outputs go.
+    ``KD_PROFILE``, ``KD_DATASET``, ``KD_SEED``, ``KD_EPOCHS``, ``KD_PRECISION``, ``KD_OUTPUT_DIR`` and
+    ``KD_DATA_DIR`` (from ``environ``, default ``os.environ``) override the parameters. In Colab with
+    ``use_drive``, Google Drive is mounted and outputs go to ``output_dir`` or ``DRIVE_DIR``, so a new runtime
+    resumes from its checkpoints and notebooks 01-04 reuse the teacher of 00 (the datasets stay on the
+    runtime's disk unless ``data_dir`` says otherwise). Prints the run-info line and where outputs go.
 
     Args:
         notebook: the notebook's name, e.g. "00_baseline" (the key of its entry in notebooks.json).
@@ -220,10 +223,11 @@ def setup(
         precision: autocast precision: auto | fp32 | bf16 | fp16.
         output_dir: where results/, Pictures/ and checkpoints/ go; None: see ``study_paths``.
         use_drive: in Colab, mount Google Drive and write there (ignored elsewhere).
+        data_dir: where the datasets are (downloaded there when missing); None: the repository's ``data/``.
     """
     values = environment_overrides(
         {"profile": profile, "dataset": dataset, "seed": seed, "epochs": epochs, "precision": precision,
-         "output_dir": output_dir},
+         "output_dir": output_dir, "data_dir": data_dir},
         environ,
     )  # fmt: skip
     check_choice("PROFILE", values["profile"], tuple(PROFILES))
@@ -239,7 +243,7 @@ def setup(
         knobs["epochs"] = values["epochs"]
     cfg = from_flags({
         **{k.replace("_", "-"): v for k, v in knobs.items()}, "dataset": dataset, "seed": values["seed"],
-        "precision": values["precision"], "data-dir": str(REPO_ROOT / "data"),
+        "precision": values["precision"], "data-dir": values["data_dir"] or str(REPO_ROOT / "data"),
         "checkpoint-dir": str(paths.checkpoints), "resume": True, "progress": profile == "full",
     })  # fmt: skip
     cfg.validate()
@@ -375,6 +379,11 @@ def out_of_sync(folder: str | Path = NOTEBOOKS_DIR, url: str | None = None) -> l
     return stale
 
 
+def write_notebook(path: Path, nb: dict) -> None:
+    """Write notebook JSON as nbformat's writer does (sorted keys, indent 1, UTF-8, a final newline), atomically."""
+    atomic_write(path, json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+
+
 def sync(folder: str | Path = NOTEBOOKS_DIR, url: str | None = None) -> list[Path]:
     """Rewrite every notebook's badge and install cell from the repository URL; returns the files changed."""
     url = url or repository_url()
@@ -384,27 +393,115 @@ def sync(folder: str | Path = NOTEBOOKS_DIR, url: str | None = None) -> list[Pat
         before = json.dumps(nb, sort_keys=True)
         nb = synced(nb, path.stem, url)
         if json.dumps(nb, sort_keys=True) != before:
-            atomic_write(path, json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
+            write_notebook(path, nb)
             changed.append(path)
     return changed
 
 
+# --- widget state: stale progress bars ---------------------------------------------------------------------
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output that shows a live widget (a tqdm bar)
+
+
+def widget_state(nb: dict) -> int:
+    """How much widget state ``nb`` carries: 1 for ``metadata.widgets``, plus one per widget output."""
+    outputs = [out for cell in nb["cells"] for out in cell.get("outputs", [])]
+    return ("widgets" in nb.get("metadata", {})) + sum(WIDGET_VIEW in out.get("data", {}) for out in outputs)
+
+
+def without_widgets(nb: dict) -> dict:
+    """``nb`` without widget state: no ``metadata.widgets``, and each widget output keeps only its other
+    representations (tqdm's ``text/plain``: the bar's final text), or goes when it has none.
+
+    A stored widget only says "Loading widget..." or "Error displaying widget" once its kernel is gone, and the
+    saved widget models can outweigh the rest of the notebook.
+    """
+    nb.get("metadata", {}).pop("widgets", None)
+    for cell in nb["cells"]:
+        if "outputs" not in cell:
+            continue
+        outputs = []
+        for out in cell["outputs"]:
+            if WIDGET_VIEW in out.get("data", {}):
+                data = {mime: value for mime, value in out["data"].items() if mime != WIDGET_VIEW}
+                if not data:
+                    continue
+                out = {**out, "data": data}
+            outputs.append(out)
+        cell["outputs"] = outputs
+    return nb
+
+
+def ipynb_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The notebooks at ``paths``: a file as it is, a folder's ``*.ipynb`` (sorted)."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files += sorted(path.glob("*.ipynb"))
+        elif path.suffix == ".ipynb" and path.is_file():
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: not a notebook (.ipynb) file or a folder")
+    return files
+
+
+def carrying_widgets(paths: Sequence[str | Path] = (NOTEBOOKS_DIR,)) -> list[Path]:
+    """The notebooks at ``paths`` (files or folders) that carry widget state."""
+    return [path for path in ipynb_files(paths) if widget_state(json.loads(path.read_text(encoding="utf-8")))]
+
+
+def strip(paths: Sequence[str | Path] = (NOTEBOOKS_DIR,)) -> list[Path]:
+    """Remove widget state from the notebooks at ``paths`` (files or folders), in place; returns those changed.
+
+    Everything else, outputs and cell ids included, is kept; a notebook without widget state is not rewritten.
+    """
+    changed = []
+    for path in ipynb_files(paths):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        if widget_state(nb):
+            write_notebook(path, without_widgets(nb))
+            changed.append(path)
+    return changed
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the current folder where it lies below it (for printing)."""
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+USAGE = """usage: python -m kd_utils.notebook sync | check | strip [PATHS]
+  sync   write the notebooks' Colab badges and install cells from pyproject.toml's [project.urls] Repository
+  check  list the notebooks that disagree with it or carry widget state (exit 1 if any)
+  strip  remove widget state (stale tqdm widgets) from the notebooks at PATHS, files or folders (default:
+         notebooks/), in place"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kd_utils.notebook sync|check``."""
+    """``python -m kd_utils.notebook sync|check|strip [PATHS]``."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv not in (["sync"], ["check"]):
-        print("usage: python -m kd_utils.notebook sync|check\n  sync   write the notebooks' Colab badges and "
-              "install cells from pyproject.toml's [project.urls] Repository\n  check  list the notebooks that "
-              "disagree with it (exit 1 if any)", file=sys.stderr)  # fmt: skip
+    command, paths = (argv[0], argv[1:]) if argv else (None, [])
+    if command not in ("sync", "check", "strip") or (paths and command != "strip"):
+        print(USAGE, file=sys.stderr)
         return 2
-    if argv == ["sync"]:
+    if command == "sync":
         for path in sync():
-            print(f"updated {path.relative_to(REPO_ROOT)}")
+            print(f"updated {shown(path)}")
+        return 0
+    if command == "strip":
+        try:
+            for path in strip(paths or [NOTEBOOKS_DIR]):
+                print(f"stripped widget state from {shown(path)}")
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     stale = out_of_sync()
     for name in stale:
         print(f"{name}: badge or install cell differs from {repository_url()}; run python -m kd_utils.notebook sync")
-    return 1 if stale else 0
+    widgets = carrying_widgets()
+    for path in widgets:
+        print(f"{path.stem}: carries widget state; run python -m kd_utils.notebook strip")
+    return 1 if stale or widgets else 0
 
 
 if __name__ == "__main__":

@@ -11,10 +11,28 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
+from matplotlib.colors import ListedColormap, PowerNorm
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from seaborn.utils import relative_luminance
 from torch import Tensor
 
 METRICS = ("accuracy", "precision", "recall", "f1")
+
+# What a row of ``interval_bars`` is -> (colour, legend text). Colour says what kind of run a row is, so a reader
+# sees at a glance which points are the labels-only references; "reference" / "compared" are the defaults when
+# the caller names no kinds (the reference rows, then every other row).
+KIND_STYLES = {
+    "teacher": ("black", "teacher"),
+    "labels only": ("0.55", "labels only (no teacher)"),
+    "distilled": ("tab:blue", "distilled from the teacher"),
+    "reference": ("0.55", "reference run"),
+    "compared": ("tab:blue", "compared run"),
+}
+ONE_SEED_LABEL = "one seed: no interval"
+REFERENCE_STYLES = ("--", ":", "-.")  # one dash pattern per reference line, so their legend entries differ
+# Blues without its near-white end: the lowest value on a min-to-max scale still reads as a colour, not a blank
+SCORE_CMAP = ListedColormap(plt.get_cmap("Blues")(np.linspace(0.12, 1.0, 256)), name="scores")
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
@@ -95,23 +113,103 @@ def zoom_limits(values, margin: float = 0.05, ceiling: float = 1.0) -> tuple[flo
     return float(low), float(min(ceiling, v.max() + margin))
 
 
+def value_range(values) -> tuple[float, float, bool, bool]:
+    """The colour scale of a heatmap: ``(low, high, clipped_low, clipped_high)``, the range of the finite values
+    with far outliers clipped, so that the colours spread over the bulk of what the table shows.
+
+    ``low = max(min, q1 - 3 IQR)`` and ``high = min(max, q3 + 3 IQR)`` (Tukey's "far out" fences): with no far
+    outlier this is just min to max. One 0.75 few-labels run among 0.91-0.95 runs would otherwise take 80% of the
+    scale and paint the rest one colour; clipped, it takes the lightest colour and its number still reads in its
+    cell. A one-valued table gets +-0.005 (the single-seed noise in macro F1) so the scale has a width.
+
+    Raises:
+        ValueError: when ``values`` holds no finite number.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError(f"no finite value to scale in {values!r}; pass at least one number")
+    low, high = float(v.min()), float(v.max())
+    if low == high:
+        return low - 0.005, high + 0.005, False, False
+    q1, q3 = np.percentile(v, [25, 75])
+    fence_low, fence_high = q1 - 3 * (q3 - q1), q3 + 3 * (q3 - q1)
+    clipped_low, clipped_high = bool(low < fence_low), bool(high > fence_high)
+    return float(max(low, fence_low)), float(min(high, fence_high)), clipped_low, clipped_high
+
+
+def _scale_note(low: float, high: float, clipped_low: bool, clipped_high: bool) -> str:
+    """What the colour bar says about its range."""
+    notes = ["range of the cells" if not (clipped_low or clipped_high) else "range of the cells, far outliers clipped"]
+    if clipped_low:
+        notes.append(f"below {low:.3f}: lightest")
+    if clipped_high:
+        notes.append(f"above {high:.3f}: darkest")
+    return "; ".join(notes)
+
+
+def _extend(clipped_low: bool, clipped_high: bool) -> str:
+    """The colour bar's arrow ends: one at each clipped end."""
+    return {(False, False): "neither", (True, False): "min", (False, True): "max"}.get(
+        (clipped_low, clipped_high), "both"
+    )
+
+
+def _label_scale(ax, what: str, low: float, high: float, how: str) -> None:
+    """Tick the heatmap's colour bar at its two ends (and three steps between) and say what the scale is."""
+    colorbar = ax.collections[0].colorbar
+    colorbar.set_ticks(np.linspace(low, high, 5))
+    colorbar.ax.yaxis.set_major_formatter("{x:.3f}")
+    colorbar.set_label(f"{what}: colour scale {low:.3f} to {high:.3f}\n({how})")
+
+
+def _contrast(a, b) -> float:
+    """WCAG contrast ratio of two colours (1 to 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)))
+    return (lb + 0.05) / (la + 0.05)
+
+
+def _readable_annotations(ax) -> None:
+    """Write each cell's number in whichever of near-black and white contrasts more with the cell.
+
+    Seaborn switches to white only below luminance 0.41, which leaves white on mid blues at a contrast near 2;
+    picking the better of the two keeps every cell at 3.9 or more.
+    """
+    cells = ax.collections[0].get_facecolors()
+    for text, cell in zip(ax.texts, cells):
+        text.set_color(max(("0.1", "white"), key=lambda c: _contrast(c, cell)))
+
+
 def metric_table(
-    rows: list[dict], columns: Sequence[str] = METRICS, title: str = "", ax=None, vmin: float | None = None
+    rows: list[dict],
+    columns: Sequence[str] = METRICS,
+    title: str = "",
+    ax=None,
+    vmin: float | None = None,
+    vmax: float | None = None,
 ) -> plt.Figure:
     """A table of runs (rows, by ``name``) and metrics (columns), rendered as a heatmap with values and a colour bar.
 
-    The colour runs from ``vmin`` to 1, with ``vmin = max(0, worst - 0.05)`` by default (``zoom_limits``): the top
-    is pinned at the perfect score, so a colour says how far a cell is from 1, not where it ranks among the rows.
-    Stretching min..max over the full map (seaborn's default) painted a 0.03 spread from white to navy as if it
-    were the whole scale; here 0.03 is about a fifth of it. The 0.05 margin (ten times the ~0.005 single-seed
-    noise in macro F1) keeps the worst run visibly coloured instead of reading as zero.
+    The colour runs from the lowest to the highest value shown, far outliers clipped (``value_range``; ``vmin`` /
+    ``vmax`` override), and the colour bar states the range and any clipping. A scale pinned at 1 with a 0.05
+    margin put a 0.75 few-labels run at its bottom and left every other run, 0.91 to 0.95, in one dark blue;
+    spread over the cells, colour ranks the runs and the printed numbers give the sizes. Seaborn writes each
+    number dark on light cells and white on dark ones.
     """
     values = np.array([[row[c] for c in columns] for row in rows], dtype=float)  # (runs, metrics)
-    vmin = zoom_limits(values)[0] if vmin is None else vmin
+    low, high, clipped_low, clipped_high = value_range(values)
+    if vmin is not None or vmax is not None:
+        low, high = low if vmin is None else vmin, high if vmax is None else vmax
+        clipped_low, clipped_high = bool(np.nanmin(values) < low), bool(np.nanmax(values) > high)
+        how = "set by the caller"
+    else:
+        how = _scale_note(low, high, clipped_low, clipped_high)
     fig, ax = _figure_and_axes(ax, (1.6 * len(columns) + 3, 0.5 * len(rows) + 1.2))
-    sns.heatmap(values, annot=True, fmt=".4f", cmap="Blues", vmin=vmin, vmax=1.0, ax=ax,
-                cbar_kws={"label": f"score (colour scale {vmin:.2f} to 1)"},
+    sns.heatmap(values, annot=True, fmt=".4f", cmap=SCORE_CMAP, vmin=low, vmax=high, ax=ax,
+                cbar_kws={"extend": _extend(clipped_low, clipped_high)},
                 xticklabels=list(columns), yticklabels=[row["name"] for row in rows])  # fmt: skip
+    _label_scale(ax, "score", low, high, how)
+    _readable_annotations(ax)
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
     fig.tight_layout()
@@ -145,15 +243,25 @@ def per_class_chart(per_class: dict[str, list[dict]], metric: str = "f1", title:
 
 
 def confusion_heatmap(
-    matrix, class_names: Sequence[str], normalize: bool = True, title: str = "", ax=None
+    matrix, class_names: Sequence[str], normalize: bool = True, title: str = "", ax=None, gamma: float = 0.5
 ) -> plt.Figure:
-    """Confusion matrix (rows: true class, columns: predicted); ``normalize`` divides each row by its total."""
+    """Confusion matrix (rows: true class, columns: predicted); ``normalize`` divides each row by its total.
+
+    The colour is ``value ** gamma`` over 0 to 1 (0 to the largest count without ``normalize``): the square root
+    by default, so a 0.05 confusion is a fifth of the way up the scale instead of a twentieth and the off-diagonal
+    mass shows beside the ~0.9 diagonal; ``gamma=1`` gives a linear scale. The colour bar names the scale.
+    """
     m = np.asarray(matrix, dtype=float)
     if normalize:
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    fig, ax = _figure_and_axes(ax, (7, 6))
-    sns.heatmap(m, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True, cbar=False, ax=ax,
+    top = 1.0 if normalize else max(float(m.max()), 1.0)
+    fig, ax = _figure_and_axes(ax, (7.8, 6))
+    scale = "linear" if gamma == 1 else ("square-root" if gamma == 0.5 else f"power {gamma:g}")
+    what = "fraction of the true class" if normalize else "count"
+    sns.heatmap(m, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", square=True, ax=ax,
+                norm=PowerNorm(gamma, vmin=0.0, vmax=top), cbar_kws={"label": f"{what} ({scale} colour scale)"},
                 xticklabels=class_names, yticklabels=class_names, annot_kws={"fontsize": 7})  # fmt: skip
+    _readable_annotations(ax)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     # rotated about its right end: each label ends under its column (a centred one ends to the right of it)
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
@@ -162,40 +270,127 @@ def confusion_heatmap(
     return fig
 
 
-def interval_bars(rows: list[tuple[str, float, float | None]], xlabel: str, title: str = "", ax=None) -> plt.Figure:
-    """Horizontal bars of ``(name, mean, half width of the 95% interval or None)``, error bars where known.
+def _reference_rows(n: int, kinds: list[str], reference) -> list[int]:
+    """The rows whose mean gets a reference line: ``reference`` (an index or indices), else the rows of kind
+    "labels only" or "reference" (none when no row is)."""
+    if reference is None:
+        chosen = [i for i, k in enumerate(kinds) if k in ("labels only", "reference")]
+    else:
+        chosen = [reference] if isinstance(reference, int) else list(reference)
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"reference rows {bad} out of range; choose indices from 0 to {n - 1}")
+    return sorted(set(chosen))
 
-    The axis is zoomed like ``per_class_chart`` (the label says where it starts) and a dashed line marks the
-    first row (the labels-only baseline), so a bar whose interval crosses it shows no reliable difference.
+
+def interval_bars(
+    rows: list[tuple[str, float, float | None]],
+    xlabel: str,
+    title: str = "",
+    ax=None,
+    kinds: Sequence[str] | None = None,
+    reference: int | Sequence[int] | None = None,
+) -> plt.Figure:
+    """Points with error bars, one row per ``(name, mean, half width of the 95% interval or None)``.
+
+    A dot marks the mean and a horizontal bar its interval; a row without one (a single seed) gets a hollow dot and
+    no bar, and the legend says "one seed: no interval". Points, not bars: the axis is zoomed to the intervals
+    (a few hundredths wide), and a bar's length from a cut axis would exaggerate the gaps. Each row's mean and
+    interval are also printed at the right. Colour is the row's kind (``kinds``, one of ``KIND_STYLES`` per row;
+    by default the reference rows are "reference" and the rest "compared"), explained in the legend.
+
+    A dashed line marks the mean of each ``reference`` row (default: the "labels only" rows when ``kinds`` is
+    given, else the first row) and runs down the rows below it up to the next reference, so a row is read against its own labels-only run
+    (each label budget of the few-labels figure against its baseline). Each line has its legend entry.
+
+    Raises:
+        ValueError: for ``kinds`` of the wrong length or an unknown kind, or a ``reference`` row out of range.
     """
-    fig, ax = _figure_and_axes(ax, (7, 0.45 * len(rows) + 1.2))
+    n = len(rows)
     names = [r[0] for r in rows]
-    means = np.array([r[1] for r in rows])
-    errors = np.array([r[2] if r[2] is not None else 0.0 for r in rows])
-    y = np.arange(len(rows))[::-1]
-    ax.barh(y, means, xerr=errors, color=sns.color_palette("tab10", len(rows)), capsize=3, height=0.6)
-    low, high = zoom_limits(np.concatenate([means - errors, means + errors]), margin=0.01)
-    ax.axvline(means[0], color="0.3", linestyle="--", linewidth=1)
+    means = np.array([r[1] for r in rows], dtype=float)
+    halves = [r[2] for r in rows]
+    if kinds is None:
+        refs = _reference_rows(n, [], 0 if reference is None else reference)
+        kinds = ["reference" if i in refs else "compared" for i in range(n)]
+    else:
+        kinds = list(kinds)
+        if len(kinds) != n:
+            raise ValueError(f"{len(kinds)} kinds for {n} rows; give one kind per row")
+        unknown = sorted({k for k in kinds if k not in KIND_STYLES})
+        if unknown:
+            raise ValueError(f"unknown kind {unknown[0]!r}; choose from: {', '.join(KIND_STYLES)}")
+        refs = _reference_rows(n, kinds, reference)
+
+    owns_figure = ax is None
+    fig, ax = _figure_and_axes(ax, (7, 0.4 * n + 1.6))
+    y = np.arange(n)[::-1]  # the first row on top
+    for i in range(n):
+        colour = KIND_STYLES[kinds[i]][0]
+        if halves[i] is None:
+            ax.plot(means[i], y[i], "o", ms=7, mfc="white", mec=colour, mew=1.5, zorder=3)
+        else:
+            ax.errorbar(means[i], y[i], xerr=halves[i], fmt="o", ms=7, color=colour, elinewidth=1.5, capsize=4,
+                        zorder=3)  # fmt: skip
+    # each reference line covers its own row and the rows below it, up to the next reference (the first one also
+    # covers any rows above it)
+    lines = []
+    for j, r in enumerate(refs):
+        first = 0 if j == 0 else r
+        last = refs[j + 1] - 1 if j + 1 < len(refs) else n - 1
+        lines.append(ax.vlines(means[r], y[last] - 0.45, y[first] + 0.45, colors="0.3",
+                               linestyles=REFERENCE_STYLES[j % len(REFERENCE_STYLES)], linewidth=1, zorder=1,
+                               label=f"mean of {names[r]}"))  # fmt: skip
+
+    # x limits: every interval whole, plus a tenth of the span on each side (not past 0 or 1 unless data is)
+    ends = np.array([[m - (h or 0.0), m + (h or 0.0)] for m, h in zip(means, halves)])
+    lo, hi = float(ends.min()), float(ends.max())
+    pad = max(0.1 * (hi - lo), 0.002)
+    ax.set_xlim(min(lo, max(0.0, lo - pad)), max(hi, min(1.0, hi + pad)))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))  # a few round ticks; the exact values are printed at the right
+    ax.set_ylim(-0.6, n - 0.4)
     ax.set_yticks(y, names)
-    label = xlabel if low == 0 else f"{xlabel} (axis starts at {low:.2f}, not 0)"
-    ax.set(xlim=(low, high), xlabel=label, title=title)
+    for i in range(n):  # the numbers, in a column just right of the axis
+        text = f"{means[i]:.4f}" + ("" if halves[i] is None else f" ± {halves[i]:.4f}")
+        ax.annotate(text, (1.0, y[i]), xycoords=("axes fraction", "data"), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=8)  # fmt: skip
+    ax.set(xlabel=xlabel, title=title)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+
+    handles = [Line2D([], [], ls="none", marker="o", ms=7, color=KIND_STYLES[k][0], label=KIND_STYLES[k][1])
+               for k in dict.fromkeys(kinds)]  # fmt: skip
+    if any(h is None for h in halves):
+        handles.append(Line2D([], [], ls="none", marker="o", ms=7, mfc="white", mec="0.2", mew=1.5,
+                              label=ONE_SEED_LABEL))  # fmt: skip
+    handles += lines
+    if owns_figure:  # below the axes, in room made for it, so it covers no point
+        rows_needed = -(-len(handles) // 2)
+        legend_height = 0.2 * rows_needed + 0.05  # inches
+        height = fig.get_figheight() + legend_height
+        fig.set_figheight(height)
+        fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, legend_height / height, 1, 1))
+    else:
+        ax.legend(handles=handles, fontsize=8)
     return fig
 
 
 def per_class_heatmap(values: dict[str, list[float]], classes: Sequence[str], title: str = "", ax=None) -> plt.Figure:
     """Runs (rows) x classes (columns), each cell that run's mean per-class F1, with a colour bar.
 
-    The colour scale spans the data's range (``zoom_limits``), so the few-hundredths differences between
-    methods show; each cell is annotated with its value.
+    The colour scale runs from the lowest to the highest cell, far outliers clipped (``value_range``), so the
+    few-hundredths differences between methods show, and the colour bar states the range; each cell is annotated
+    with its value.
     """
     names = list(values)
-    matrix = np.array([values[n] for n in names])
+    matrix = np.array([values[n] for n in names])  # (runs, classes)
     fig, ax = _figure_and_axes(ax, (max(8, len(classes) * 0.95), 0.45 * len(names) + 1.8))
-    low, high = zoom_limits(matrix.ravel(), margin=0.0)
+    low, high, clipped_low, clipped_high = value_range(matrix)
     sns.heatmap(matrix, annot=True, fmt=".3f", cmap="viridis", vmin=low, vmax=high, xticklabels=classes,
-                yticklabels=names, ax=ax, cbar_kws={"label": "F1"}, annot_kws={"fontsize": 7})  # fmt: skip
+                yticklabels=names, ax=ax, annot_kws={"fontsize": 7},
+                cbar_kws={"extend": _extend(clipped_low, clipped_high)})  # fmt: skip
+    _label_scale(ax, "F1", low, high, _scale_note(low, high, clipped_low, clipped_high))
+    _readable_annotations(ax)
     ax.set_xticklabels(ax.get_xticklabels(), rotation=30, ha="right", rotation_mode="anchor")
     ax.set(title=title)
     fig.tight_layout()

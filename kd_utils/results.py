@@ -22,13 +22,15 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .records import RunRecord, read_records, same_run
+
 RESULT_SUFFIXES = (".json", ".csv")
 METRICS = ("accuracy", "precision", "recall", "f1")  # what every run's "test" mapping must hold, as numbers
 CSV_FIELDS = (
     "experiment", "name", "dataset", "teacher", "student", "accuracy", "precision", "recall", "f1",
-    "best_epoch", "epochs", "params", "seconds", "seed", "labeled_fraction", "timestamp",
+    "best_epoch", "epochs", "params", "seconds", "seed", "labeled_fraction", "timestamp", "role", "split_seed",
 )  # fmt: skip
-CSV_LATER_FIELDS = ("name",)  # columns added after the first release: a CSV written before may lack them
+CSV_LATER_FIELDS = ("name", "role", "split_seed")  # columns added after the first release: older CSVs lack them
 CSV_REQUIRED = tuple(f for f in CSV_FIELDS if f not in CSV_LATER_FIELDS)
 SIGNIFICANT_DIGITS = 6  # CSV floats: 0.44000000000000006 -> 0.44
 LOCK_TIMEOUT_S = 300.0  # an append takes well under a second; minutes of waiting means a stuck process
@@ -215,6 +217,18 @@ def load_runs(path: str | Path) -> list[dict]:
     return load_results(path)["runs"]
 
 
+def load_records(path: str | Path) -> list[RunRecord]:
+    """Every run in a JSON results file as a ``RunRecord`` (``[]`` when it does not exist yet): how the package
+    reads runs. A CSV file holds only flat rows, not records, and is refused."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        raise ValueError(f"results file {path} is a CSV of flat rows; records (and the report) need the .json file")
+    try:
+        return read_records(load_runs(path))
+    except ValueError as err:
+        raise _refused(path, f"is malformed: {err}") from None
+
+
 def check_results_path(path: str | Path) -> Path:
     """``path`` as a Path if a run can append to it, else a one-line ValueError; creates nothing.
 
@@ -248,44 +262,30 @@ def _check_suffix(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CSV rows
-def config_value(config: Mapping, key: str, default: Any = None) -> Any:
-    """``config[key]``, looked up in the flat layout and the nested one (``config["train"]["epochs"]``).
-
-    Breadth first: a key at the top level wins over one deeper down, and a shallower nested key over a deeper
-    one. ``default`` when no mapping at any depth holds ``key``.
-    """
-    level = [config]
-    while level:
-        for mapping in level:
-            if key in mapping:
-                return mapping[key]
-        level = [v for mapping in level for v in mapping.values() if isinstance(v, Mapping)]
-    return default
-
-
 def round_significant(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
     """A float rounded to ``digits`` significant digits, ``float(f"{x:.{digits}g}")``; anything else as is."""
     return float(f"{value:.{digits}g}") if isinstance(value, float) else value
 
 
-def csv_row(run: Mapping) -> dict:
-    """The flat CSV row of a run record, keyed by ``CSV_FIELDS``.
-
-    A teacher run's ``epochs`` is its ``teacher_epochs`` (the config's ``epochs`` are the students'); config
-    values are found in flat and nested configs alike; every float keeps ``SIGNIFICANT_DIGITS``.
-    """
-    cfg, test = run.get("config") or {}, run.get("test") or {}
-    row = {k: config_value(cfg, k) for k in ("dataset", "teacher", "student", "seed", "labeled_fraction")}
-    teacher_epochs = config_value(cfg, "teacher_epochs") if run.get("experiment") == "teacher" else None
-    row["epochs"] = teacher_epochs if teacher_epochs is not None else config_value(cfg, "epochs")
-    row.update({k: test.get(k) for k in METRICS})
-    row.update({k: run.get(k) for k in ("experiment", "name", "best_epoch", "params", "seconds", "timestamp")})
+def csv_row(record: RunRecord | Mapping) -> dict:
+    """The flat CSV row of a run, keyed by ``CSV_FIELDS``: read through ``RunRecord``, so ``seed`` is the training
+    seed (``split_seed`` the data split's) and a teacher's ``epochs`` its own; every float keeps
+    ``SIGNIFICANT_DIGITS``."""
+    r = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
+    test = r.test or {}
+    row = {
+        "experiment": r.method, "name": r.name, "dataset": r.dataset, "teacher": r.teacher_arch,
+        "student": r.student_arch, **{k: test.get(k) for k in METRICS}, "best_epoch": r.best_epoch,
+        "epochs": r.epochs, "params": r.params, "seconds": r.seconds, "seed": r.seed,
+        "labeled_fraction": r.labeled_fraction, "timestamp": r.timestamp, "role": r.role, "split_seed": r.split_seed,
+    }  # fmt: skip
     return {k: round_significant(row.get(k)) for k in CSV_FIELDS}
 
 
 # ---------------------------------------------------------------------------------------------- append
-def _appended(path: Path, run: Mapping) -> str:
-    """The new content of ``path`` with ``run`` added: the JSON object keeps every other key; CSV its columns."""
+def _appended(path: Path, run: Mapping, replace_same_run: bool) -> str:
+    """The new content of ``path`` with ``run`` added: the JSON object keeps every other key; CSV its columns.
+    With ``replace_same_run`` the last stored record of the same run (``records.same_run``) is replaced in place."""
     if path.suffix == ".csv":
         header, rows = _read_csv(path) if path.exists() else (list(CSV_FIELDS), [])
         fields = [*CSV_FIELDS, *(c for c in header if c not in CSV_FIELDS)]  # unknown columns kept, at the end
@@ -295,11 +295,22 @@ def _appended(path: Path, run: Mapping) -> str:
         writer.writerows([*rows, csv_row(run)])
         return buf.getvalue()
     data = load_results(path)
-    return json.dumps({**data, "runs": [*data["runs"], run]}, indent=1) + "\n"
+    runs = list(data["runs"])
+    match = next((i for i in reversed(range(len(runs))) if same_run(runs[i], run)), None) if replace_same_run else None
+    if match is None:
+        runs.append(run)
+    else:
+        runs[match] = run
+    return json.dumps({**data, "runs": runs}, indent=1) + "\n"
 
 
-def append_run(path: str | Path, run: Mapping) -> None:
+def append_run(path: str | Path, run: RunRecord | Mapping, replace_same_run: bool = False) -> None:
     """Append ``run`` to the results file at ``path`` (.json keeps the whole record, .csv the flat row).
+
+    ``replace_same_run`` (notebooks, ``study.compare_methods``): a record of the same run already stored (same
+    method, name, training seed and shaping settings: ``RunRecord.run_identity``) is replaced in place, so a
+    re-run never duplicates records; earlier duplicates, if any, stay. JSON files only (a CSV row holds too
+    little of a run to tell two runs apart).
 
     Safe with several processes appending at once: the read-modify-write happens under ``FileLock(path +
     ".lock")`` and the file is replaced atomically. The lock file stays (deleting it would let two processes
@@ -312,6 +323,12 @@ def append_run(path: str | Path, run: Mapping) -> None:
     path = Path(path)
     _check_not_directory(path)
     _check_suffix(path)
+    if replace_same_run and path.suffix != ".json":
+        raise ValueError(
+            f"cannot save a record to {path}: replacing the record of the same run needs a .json results file "
+            "(a CSV row holds too little of a run to match it); append to it without replacing"
+        )
+    run = run.to_dict() if isinstance(run, RunRecord) else run
     problem = run_problem(run)
     if problem is not None:
         raise ValueError(f"cannot append to {path}: the run {problem}")
@@ -319,7 +336,7 @@ def append_run(path: str | Path, run: Mapping) -> None:
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
-            atomic_write(path, _appended(path, run))
+            atomic_write(path, _appended(path, run, replace_same_run))
     except Timeout:
         raise TimeoutError(
             f"results file {path}: another process has held {lock.lock_file} for over {LOCK_TIMEOUT_S:g} s; "

@@ -29,27 +29,28 @@ from .results import atomic_write
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+EVAL_BATCH_SIZE = 512  # images per inference batch (validation, test): no gradients, so larger than training's
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30  # passes over the training split
+    epochs: int = 30  # passes over the training split (the students'; the teacher's: --teacher-epochs)
     batch_size: int = 128  # images per step
     lr: float = 0.05  # peak learning rate (SGD); use ~2e-3 with adamw
     optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
-    schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | onecycle
-    warmup_epochs: float = 1.0  # linear warm-up length for the cosine schedule
-    precision: str = "auto"  # auto (bf16 where the GPU/CPU has it natively, fp16 + scaler on older GPUs, else fp32)
-    device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
-    seed: int = 0  # weight init, batch order and augmentation
-    random_erasing: float = 0.0  # probability of erasing a random rectangle per training image (Zhong et al. 2020)
+    schedule: str = "cosine"  # learning-rate schedule: cosine (linear warm-up, then cosine to 0) | onecycle
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (cosine schedule)
+    precision: str = "auto"  # autocast; auto: bf16 where native, fp16 + gradient scaler on old GPUs (T4), else fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0  # training seed: weight init, batch order and augmentation
+    random_erasing: float = 0.0  # students' probability of erasing a random rectangle per image (Zhong et al. 2020)
     log_every: int = 20  # steps between progress-bar updates (and non-finite checks on GPUs)
     compile: bool = False  # torch.compile the training forward (pays a one-off compile time)
     channels_last: bool = True  # NHWC activations on CPU and CUDA: faster oneDNN / cuDNN convolutions
-    deterministic: bool = False  # GPUs: deterministic cuDNN and algorithms (CPU runs are reproducible anyway)
-    progress: bool = True  # tqdm.auto bars
+    deterministic: bool = False  # GPUs: deterministic kernels (CPU runs are anyway); README: what a GPU run can promise
+    progress: bool = True  # tqdm.auto progress bars
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting (device included)."""
@@ -353,7 +354,8 @@ def fit(
     non-finite state); with ``resume`` a present ``last.pt`` is loaded and training goes on from the epoch
     after it. The best epoch's weights are loaded back before returning (the last epoch's with
     ``select_best=False``). ``teacher_cache`` (a ``TeacherCache``) serves the teacher targets of each epoch
-    when the method allows; ``on_epoch`` receives each history row (e.g. for TensorBoard).
+    when the method allows; ``on_epoch`` receives each history row (e.g. for TensorBoard). Before each epoch the
+    distiller is told it (``Distiller.start_epoch``), so methods can schedule their terms over training.
     """
     device = resolve_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
@@ -367,7 +369,7 @@ def fit(
         data.train_x, data.train_y, data.info, cfg.batch_size, device, train=True, seed=cfg.seed,
         channels_last=channels_last, random_erasing=cfg.random_erasing,
     )  # fmt: skip
-    val_loader = TensorLoader(data.val_x, data.val_y, data.info, 512, device, channels_last=channels_last)
+    val_loader = TensorLoader(data.val_x, data.val_y, data.info, EVAL_BATCH_SIZE, device, channels_last=channels_last)
     params = [p for p in distiller.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg)
     scheduler = build_scheduler(opt, cfg, len(train_loader))
@@ -398,6 +400,7 @@ def fit(
         result.trained_on.append(here)
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)
+        distiller.start_epoch(epoch, len(train_loader))  # the real epoch, resumed or not: schedules resume exactly
         t0 = time.perf_counter()
         ctx.teacher_targets = teacher_cache.epoch_targets(distiller, train_loader, dtype) if use_cache else None
         bar = tqdm(total=len(train_loader), desc=f"{desc} {epoch}/{cfg.epochs}", leave=False, disable=not cfg.progress)

@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -205,22 +204,30 @@ def test_cuda_teacher_cache_gives_identical_histories(small_splits, tiny_train_c
 
 
 def test_gpu_study_jobs_wait_for_what_they_read():
-    gpu_study = load_script("gpu_study")
+    from kd_utils.study import study_jobs
+
     methods = ("logit", "hidden", "regressor", "dkd", "dist", "at", "logit+regressor")
-    jobs = {j.name: j for j in gpu_study.study_jobs((0, 1), ["logit+regressor"], methods, (0.1, 0.01))}
-    assert jobs["04-final-1"].needs == ("01-03",)  # the final method is 01-03's best by validation F1
-    assert set(jobs["05-few-0.01"].needs) == {"05-logit", "05-dkd", "05-dist"}  # the best logit-based method
+    jobs = {j.name: j for j in study_jobs((0, 1), ["logit+regressor"], methods, (0.1, 0.01))}
+    assert jobs["04-final-1"].needs == ("teacher", "01-03")  # the final method is 01-03's best by validation F1
+    assert set(jobs["05-few-0.01"].needs) == {"teacher", "05-logit", "05-dkd", "05-dist"}  # best logit-based
     assert "05-logit+regressor" not in jobs  # its sweep job trains it, once the sweep chose its setting
     assert {"sweep-logit+regressor", "04-baseline-0", "04-baseline-1", "05-at"} <= set(jobs)
-    assert list(jobs)[0] == "sweep-logit+regressor"  # the longest chain starts first
+    assert list(jobs)[:2] == ["teacher", "sweep-logit+regressor"]  # what all read, then the longest chain
+    assert all(set(j.needs) <= set(list(jobs)[: list(jobs).index(name)]) for name, j in jobs.items())  # in order
+    assert {j.notebook for j in jobs.values()} == {"00_baseline", "04_final_run", "05_method_comparison"}
 
 
-def test_gpu_study_reads_the_makefiles_sweep_flags():
-    flags = load_script("gpu_study").makefile_sweep_flags()
-    makefile = (BENCHMARKS.parent / "Makefile").read_text()
-    assert flags[flags.index("--trials") + 1] == re.search(r"--trials (\d+)", makefile).group(1)
-    assert flags[flags.index("--storage") + 1].startswith("sqlite:///") and "--resume" in flags
-    assert not any("\\" in flag for flag in flags)
+def test_the_study_sweeps_run_with_the_study_teacher_and_resume():
+    from kd_utils.cli import get_args_parser
+    from kd_utils.study import STUDY_TEACHER, SWEEP_SETTINGS, sweep_argv
+
+    args = get_args_parser().parse_args(sweep_argv("logit+hidden"))
+    assert (args.method, args.teacher_epochs, args.teacher_random_erasing) == (
+        "logit+hidden", STUDY_TEACHER["teacher_epochs"], STUDY_TEACHER["teacher_random_erasing"])  # fmt: skip
+    assert (args.epochs, args.trials, args.resume, args.progress) == (*SWEEP_SETTINGS.values(), True, False)
+    assert args.storage.startswith("sqlite:///") and args.results_dir == "results/fashion-mnist/sweeps"
+    moved = get_args_parser().parse_args(sweep_argv("dkd", "/tmp/elsewhere"))
+    assert moved.checkpoint_dir == "/tmp/elsewhere" and moved.storage == "sqlite:////tmp/elsewhere/sweeps.db"
 
 
 def test_gpu_study_packs_within_the_size_and_file_limits(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kd_utils.cli import experiments_from_arg, main
-from kd_utils.experiments import STUDENT_METHODS
+from kd_utils.distill import STUDENT_METHODS
 from kd_utils.models import build_model
 
 SMALL = [

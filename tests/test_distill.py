@@ -11,9 +11,30 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kd_utils.losses as losses_mod
 from kd_utils.data import TensorLoader
-from kd_utils.distill import DISTILLERS, DistillConfig, build_distiller, flag, matched_levels
-from kd_utils.losses import CHANNEL_MATCHES, FEATURE_KINDS, dist_loss, dkd_loss, rkd_loss, soft_target_kl
+from kd_utils.distill import (
+    DISTILLERS,
+    NO_OP_DEFAULTS,
+    NON_METHODS,
+    STUDENT_METHODS,
+    TWO_STAGE,
+    DistillConfig,
+    build_distiller,
+    dkd_warmup,
+    flag,
+    matched_levels,
+)
+from kd_utils.losses import (
+    CHANNEL_MATCHES,
+    FEATURE_KINDS,
+    dist_loss,
+    dkd_loss,
+    kd_loss,
+    masked_cross_entropy,
+    rkd_loss,
+    soft_target_kl,
+)
 from kd_utils.models import build_model
 
 METHODS = tuple(DISTILLERS)
@@ -94,6 +115,16 @@ def one_step(distiller, x, y):
 def test_the_tables_here_cover_every_method():
     assert set(EXPECTED_PARTS) == set(METHODS)
     assert CACHEABLE < set(METHODS) and set(ADAPTER_METHODS) < set(METHODS)
+
+
+def test_student_methods_are_the_distillers_but_baseline_and_hint_plus_fitnets():
+    assert STUDENT_METHODS == (
+        "logit", "hidden", "regressor", "dkd", "dist", "at", "rkd", "logit+hidden", "logit+regressor", "fitnets",
+    )  # fmt: skip
+    single = [m for m in STUDENT_METHODS if m not in TWO_STAGE]
+    assert single == [m for m in DISTILLERS if m not in NON_METHODS]  # same methods, same order
+    assert set(NON_METHODS) <= set(DISTILLERS) and not set(NON_METHODS) & set(STUDENT_METHODS)
+    assert TWO_STAGE == {"fitnets": ("hint", "logit")} and all(set(s) <= set(DISTILLERS) for s in TWO_STAGE.values())
 
 
 # --- the frozen teacher -------------------------------------------------------------------------------------
@@ -250,6 +281,85 @@ def test_one_level_weight_per_matched_level_or_an_error(method, level_weights, b
         distiller(x, y)
 
 
+def test_logit_distiller_computes_ce_and_kl_once_with_unchanged_values(batch, monkeypatch):
+    x, y = batch
+    distiller, student, teacher = make("logit", alpha=0.3, temperature=2.0)
+    with torch.no_grad():
+        t_logits = teacher(x)
+        logits = student(x)
+    calls = []
+    for name in ("masked_cross_entropy", "soft_target_kl"):
+        real = getattr(losses_mod, name)
+        monkeypatch.setattr(losses_mod, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    total, parts = distiller.loss(logits, [], y, {"logits": t_logits})
+    assert sorted(calls) == ["masked_cross_entropy", "soft_target_kl"]  # each term once
+    monkeypatch.undo()
+    assert torch.equal(total, kd_loss(logits, t_logits, y, 2.0, 0.3))  # the values of before, bit for bit
+    assert torch.equal(parts["ce"], masked_cross_entropy(logits, y))
+    assert torch.equal(parts["kd"], soft_target_kl(logits, t_logits, 2.0))
+
+
+# --- training progress: DKD's warm-up ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("epoch", "factor"), [(1, 0.05), (10, 0.5), (20, 1.0), (25, 1.0)])
+def test_dkd_warmup_factor_by_hand(epoch, factor):
+    assert dkd_warmup(epoch, 20) == pytest.approx(factor, abs=1e-12)  # min(epoch / 20, 1), epoch from 1
+    assert dkd_warmup(epoch, 0) == 1.0
+
+
+def test_dkd_warmup_scales_the_kd_term_by_the_epoch(batch):
+    x, y = batch
+    plain, _, _ = make("dkd")
+    warm, _, _ = make("dkd", dkd_warmup_epochs=20)
+    plain.train(), warm.train()
+    targets = plain.teacher_targets(x)
+    _, _, reference = plain(x, y, targets)
+    for epoch in (1, 10, 20, 25):
+        warm.start_epoch(epoch, steps_per_epoch=7)
+        loss, _, parts = warm(x, y, targets)
+        torch.testing.assert_close(parts["kd"], dkd_warmup(epoch, 20) * reference["kd"], rtol=1e-6, atol=0)
+        assert torch.equal(parts["ce"], reference["ce"]) and torch.equal(loss.detach(), parts["ce"] + parts["kd"])
+    assert (warm.epoch, warm.steps_per_epoch) == (25, 7)
+
+
+def test_dkd_without_warmup_is_the_unwarmed_loss_at_every_epoch(batch):
+    x, y = batch
+    distiller, student, teacher = make("dkd")
+    distiller.train()
+    targets = distiller.teacher_targets(x)
+    distiller.start_epoch(1, 10)
+    loss, logits, parts = distiller(x, y, targets)
+    kd = dkd_loss(logits, targets["logits"], y, 1.0, 8.0, 4.0)
+    assert torch.equal(parts["kd"], kd.detach())
+    assert torch.equal(loss, masked_cross_entropy(logits, y) + kd)
+
+
+def test_a_distiller_never_told_the_epoch_is_unscheduled(batch):
+    x, y = batch
+    warm, _, _ = make("dkd", dkd_warmup_epochs=20)
+    plain, _, _ = make("dkd")
+    warm.train(), plain.train()
+    targets = plain.teacher_targets(x)
+    assert warm.epoch is None
+    assert torch.equal(warm(x, y, targets)[2]["kd"], plain(x, y, targets)[2]["kd"])
+
+
+def test_dkd_warmup_keeps_checkpoints_and_state_dicts_as_before():
+    warm, _, _ = make("dkd", dkd_warmup_epochs=20)
+    plain, _, _ = make("dkd")
+    assert warm.state_dict().keys() == plain.state_dict().keys()  # the factor is a non-persistent buffer
+
+
+def test_shaping_dict_leaves_out_new_fields_at_their_no_op_value():
+    assert NO_OP_DEFAULTS == {"dkd_warmup_epochs": 0}
+    default = DistillConfig().shaping_dict()
+    assert "dkd_warmup_epochs" not in default
+    assert set(default) == {f.name for f in fields(DistillConfig)} - set(NO_OP_DEFAULTS)
+    assert DistillConfig(dkd_warmup_epochs=20).shaping_dict() == {**default, "dkd_warmup_epochs": 20}
+    assert DistillConfig(alpha=0.5).shaping_dict() == {**default, "alpha": 0.5}
+
+
 # --- adapters and FitNets stage 1 ---------------------------------------------------------------------------
 
 
@@ -382,6 +492,7 @@ OUT_OF_RANGE = [
     ("spatial_size", 0, "must be >= 1"),
     ("hint_epochs", 0, "must be >= 1"),
     ("hint_level", -1, "must be >= 0"),
+    ("dkd_warmup_epochs", -1, "must be >= 0"),
     ("feature_kind", "l1", f"choose from: {', '.join(FEATURE_KINDS)}"),
     ("channel_match", "nearest", f"choose from: {', '.join(CHANNEL_MATCHES)}"),
     ("level_weights", (1.0, -1.0), "must all be >= 0"),

@@ -8,21 +8,26 @@ import io
 import json
 import os
 import stat
+from dataclasses import asdict
 
 import pytest
 import torch
 
+from kd_utils.config import ExperimentConfig
+from kd_utils.data import DataConfig
 from kd_utils.metrics import classification_metrics
+from kd_utils.records import RunRecord
 from kd_utils.results import (
     CSV_FIELDS,
     append_run,
     atomic_write,
     check_results_path,
-    config_value,
     csv_row,
     load_results,
     load_runs,
 )
+from kd_utils.runs import identity
+from kd_utils.train import TrainConfig
 
 # y_true / y_pred over 3 classes:
 #   class a: predicted at 0, 5 (correct at 0); true at 0, 1 -> precision 1/2, recall 1/2, f1 1/2
@@ -305,22 +310,28 @@ def test_check_results_path_refuses_a_read_only_folder(tmp_path):
 # ---------------------------------------------------------------------------------------------- CSV
 FLAT = {"dataset": "cifar10", "teacher": "teacher_cnn", "student": "student_cnn", "epochs": 3, "teacher_epochs": 15,
         "seed": 1, "labeled_fraction": 0.1 + 0.2, "precision": "auto"}  # fmt: skip
-NESTED = {
-    "data": {"dataset": "cifar10", "seed": 1, "labeled_fraction": 0.1 + 0.2},
-    "train": {"epochs": 3, "precision": "auto"},
-    "distill": {"alpha": 0.9, "temperature": 4.0},
-    "teacher": "teacher_cnn",
-    "student": "student_cnn",
-    "teacher_epochs": 15,
-}
+NESTED = asdict(ExperimentConfig(
+    data=DataConfig(dataset="cifar10", labeled_fraction=0.1 + 0.2), train=TrainConfig(epochs=3, seed=1),
+    teacher_epochs=15,
+))  # a real record's config: the training seed under "train", the split's (0) under "data"  # fmt: skip
 
 
-def test_config_value_flat_and_nested():
-    assert config_value(FLAT, "epochs") == config_value(NESTED, "epochs") == 3
-    assert config_value(NESTED, "temperature") == 4.0
-    assert config_value(NESTED, "missing") is None and config_value(NESTED, "missing", "-") == "-"
-    assert config_value({"epochs": 1, "train": {"epochs": 2}}, "epochs") == 1  # the top level wins
-    assert config_value({"a": {"b": {"k": "deep"}}, "c": {"k": "shallow"}}, "k") == "shallow"  # breadth first
+@pytest.mark.parametrize("train_seed, split_seed", [(1, 2), (2, 1)])
+def test_csv_seed_is_the_training_seed_not_the_split_seed(tmp_path, train_seed, split_seed):
+    """Before RunRecord, csv_row searched the nested config breadth first and found data.seed (the split's)."""
+    cfg = ExperimentConfig(data=DataConfig(dataset="synthetic", seed=split_seed), train=TrainConfig(seed=train_seed))
+    test = {"accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
+    stored = {"experiment": "logit", "name": "logit", "config": asdict(cfg), "test": test, "params": 1, "seconds": 1.0}
+    identified = {**stored, **identity("logit", "logit", "method", cfg, ())}  # the layout train_experiment writes
+    for record in (stored, identified):
+        row = csv_row(record)
+        assert (row["seed"], row["split_seed"]) == (train_seed, split_seed)
+    path = tmp_path / "r.csv"
+    append_run(path, RunRecord.from_dict(identified))
+    with open(path, newline="") as f:
+        assert [(r["seed"], r["split_seed"], r["role"]) for r in csv.DictReader(f)] == [
+            (str(train_seed), str(split_seed), "method")
+        ]
 
 
 @pytest.mark.parametrize("config", [FLAT, NESTED], ids=["flat", "nested"])
@@ -398,7 +409,8 @@ def test_csv_row_with_a_non_number_metric_refused(tmp_path):
     append_run(path, run_record("baseline"))
     path.write_text(
         path.read_text().replace(
-            "baseline,,synthetic,teacher_cnn,student_cnn,0.5", "baseline,,synthetic,teacher_cnn,student_cnn,high"
+            "baseline,baseline,synthetic,teacher_cnn,student_cnn,0.5",
+            "baseline,baseline,synthetic,teacher_cnn,student_cnn,high",
         )
     )
     with pytest.raises(ValueError, match="run 1 has 'high' under accuracy, not a number"):

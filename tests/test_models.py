@@ -321,8 +321,12 @@ def test_bad_names_fail_before_anything_is_built(name, message):
 
 def test_missing_timm_is_named_with_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` raise ImportError
-    with pytest.raises(ValueError, match=r"^timm is not installed; pip install timm$"):
+    fix = r"^timm is not installed; pip install timm \(or pip install 'kd_utils\[timm\]'\)$"
+    with pytest.raises(ValueError, match=fix) as info:
         build_model("timm:efficientnet_b0")
+    assert "\n" not in str(info.value)  # one line, for the CLI's one-line errors
+    with pytest.raises(ValueError, match=fix):
+        check_model_name("timm:efficientnet_b0")
     assert not is_known_model("timm:efficientnet_b0")
     build_model("tv:mobilenet_v3_small", 1, NUM_CLASSES)  # torchvision models do not need timm
 

@@ -51,16 +51,31 @@ def test_environment_variables_override_the_parameters():
         "epochs": None,
         "precision": "auto",
         "output_dir": None,
+        "data_dir": None,
     }
     environ = {"KD_PROFILE": "smoke", "KD_DATASET": "fashion-mnist", "KD_SEED": "3", "KD_EPOCHS": "4",
-               "KD_PRECISION": "fp32", "KD_OUTPUT_DIR": "/somewhere", "KD_UNRELATED": "x"}  # fmt: skip
+               "KD_PRECISION": "fp32", "KD_OUTPUT_DIR": "/somewhere", "KD_DATA_DIR": "/datasets",
+               "KD_UNRELATED": "x"}  # fmt: skip
     assert environment_overrides(params, environ) == {
         "profile": "smoke", "dataset": "fashion-mnist", "seed": 3, "epochs": 4, "precision": "fp32",
-        "output_dir": "/somewhere",
+        "output_dir": "/somewhere", "data_dir": "/datasets",
     }  # fmt: skip
     assert environment_overrides(params, {"KD_PROFILE": "", "KD_EPOCHS": "0"}) == {**params, "epochs": None}
     with pytest.raises(ValueError, match="KD_SEED='one': not a valid seed"):
         environment_overrides(params, {"KD_SEED": "one"})
+
+
+def test_data_dir_comes_from_the_parameter_or_kd_data_dir_else_the_repository(tmp_path):
+    default, _ = quiet_setup("x", "smoke", "fashion-mnist", output_dir=str(tmp_path))
+    assert default.cfg.data.data_dir == str(REPO_ROOT / "data")
+    chosen, _ = quiet_setup("x", "smoke", "fashion-mnist", output_dir=str(tmp_path), data_dir="/datasets/mine")
+    assert chosen.cfg.data.data_dir == "/datasets/mine"
+    environ = {"KD_DATA_DIR": "/mnt/shared-data"}
+    overridden, printed = quiet_setup("x", "smoke", "fashion-mnist", output_dir=str(tmp_path), data_dir="/a",
+                                      environ=environ)  # fmt: skip
+    assert overridden.cfg.data.data_dir == "/mnt/shared-data" and "/mnt/shared-data" not in printed
+    blank, _ = quiet_setup("x", "smoke", "fashion-mnist", output_dir=str(tmp_path), environ={"KD_DATA_DIR": " "})
+    assert blank.cfg.data.data_dir == str(REPO_ROOT / "data")  # an empty variable leaves the parameter
 
 
 def test_smoke_profile_writes_outside_the_repository(tmp_path):
@@ -250,4 +265,5 @@ def test_repository_url_must_be_a_github_url(tmp_path, text, message):
 
 def test_main_check_and_usage(capsys):
     assert notebook.main(["check"]) == 0
-    assert notebook.main(["bogus"]) == 2 and "usage:" in capsys.readouterr().err
+    for argv in (["bogus"], [], ["check", "notebooks"]):
+        assert notebook.main(argv) == 2 and "usage:" in capsys.readouterr().err

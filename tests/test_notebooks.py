@@ -24,10 +24,10 @@ RUN_INFO = re.compile(
 WALL_TIME = re.compile(r"notebook wall time: \d+ s \| profile: (\w+)")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|content|Users|var|private)/")
 PARAMETERS = {"PROFILE": "full", "DATASET": "cifar10", "SEED": 0, "EPOCHS": None, "PRECISION": "auto",
-              "OUTPUT_DIR": None, "USE_DRIVE": True}  # fmt: skip
+              "OUTPUT_DIR": None, "USE_DRIVE": True, "DATA_DIR": None}  # fmt: skip
 
 
-def test_the_five_notebooks_exist():
+def test_the_six_notebooks_exist():
     assert [nb.stem for nb in NOTEBOOKS] == EXPECTED
 
 
@@ -97,7 +97,7 @@ def test_papermill_sees_the_parameters_with_their_types(path):
     params = papermill.inspect_notebook(str(path))
     types = {name: p["inferred_type_name"] for name, p in params.items()}
     assert types == {"PROFILE": "str", "DATASET": "str", "SEED": "int", "EPOCHS": "int|None", "PRECISION": "str",
-                     "OUTPUT_DIR": "str|None", "USE_DRIVE": "bool"}  # fmt: skip
+                     "OUTPUT_DIR": "str|None", "USE_DRIVE": "bool", "DATA_DIR": "str|None"}  # fmt: skip
     assert all(p["help"] for p in params.values()), "every parameter has a one-line help"
 
 

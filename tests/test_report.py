@@ -5,13 +5,16 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from kd_utils.cli import main
-from kd_utils.experiments import encode_correct
+from kd_utils.config import ExperimentConfig
+from kd_utils.data import DataConfig
+from kd_utils.records import RunRecord, Segment, encode_correct
 from kd_utils.report import (
     FIGURES,
     SEED_FIGURES,
@@ -27,6 +30,8 @@ from kd_utils.report import (
     provenance,
     replace_block,
 )
+from kd_utils.runs import identity
+from kd_utils.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +90,7 @@ def test_latest_run_of_each_name_wins():
         return {"experiment": name, "name": name, "config": {"epochs": 1}, "test": test, "params": 1, "seconds": 1.0}
 
     runs = latest_runs([record("baseline", 0.5), record("logit", 0.6), record("baseline", 0.7)])
-    assert list(runs) == ["baseline", "logit"] and runs["baseline"]["test"]["f1"] == 0.7
+    assert list(runs) == ["baseline", "logit"] and runs["baseline"].test["f1"] == 0.7
     table = markdown_table(runs)
     assert "| logit | 0.6000 |" in table and "-0.1000" in table
 
@@ -156,14 +161,19 @@ def test_notebook_times_table_reads_what_the_notebooks_saved(tmp_path):
     assert notebook_times(tmp_path / "missing") is None
 
 
-def seeded_record(name, seed, f1, epochs=15, correct=None):
+def seeded_record(name, seed, f1, epochs=15, correct=None, fraction=1.0, method=None, trained_on=()):
+    """A record in the layout ``train_experiment`` writes (identity fields beside ``asdict(ExperimentConfig)``)."""
     test = {"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "confusion_matrix": [[5, 0], [0, 5]],
             "per_class": [{"class": "a", "f1": f1}, {"class": "b", "f1": f1}]}  # fmt: skip
     if correct is not None:
         test["correct"] = encode_correct(torch.tensor(correct))
-    return {"experiment": name.removeprefix("final-"), "name": name, "test": test, "params": 1, "seconds": 1.0,
-            "config": {"data": {"dataset": "synthetic", "seed": 0}, "train": {"seed": seed, "epochs": epochs},
-                       "teacher": "t", "student": "s"}}  # fmt: skip
+    base = name.split("@")[0]
+    method = "baseline" if base.endswith("baseline") else (method or base)
+    role = base if base in ("teacher", "baseline", "final", "final-baseline") else "method"
+    cfg = ExperimentConfig(data=DataConfig(dataset="synthetic", labeled_fraction=fraction),
+                           train=TrainConfig(seed=seed, epochs=epochs), teacher="t", student="s")  # fmt: skip
+    return RunRecord.from_dict({**identity(method, name, role, cfg, tuple(trained_on)), "config": asdict(cfg),
+                                "test": test, "params": 1, "seconds": 1.0})  # fmt: skip
 
 
 def test_comparison_pairs_seeds_and_reads_intervals():
@@ -194,8 +204,8 @@ def test_final_is_paired_with_the_baseline_of_its_length_and_mcnemar_reads_corre
 
 def test_label_budgets_are_paired_only_within_their_budget():
     records = [seeded_record("baseline", s, 0.80) for s in range(2)]
-    records += [seeded_record("baseline@10%labels", s, 0.60 + 0.01 * s) for s in range(2)]
-    records += [seeded_record("logit@10%labels", s, 0.70 + 0.01 * s) for s in range(2)]
+    records += [seeded_record("baseline@10%labels", s, 0.60 + 0.01 * s, fraction=0.1) for s in range(2)]
+    records += [seeded_record("logit@10%labels", s, 0.70 + 0.01 * s, fraction=0.1) for s in range(2)]
     rows = {r["name"]: r for r in comparison_rows(group_runs(records))}
     few = rows["logit@10%labels"]
     assert few["reference"] == "baseline@10%labels"
@@ -204,7 +214,7 @@ def test_label_budgets_are_paired_only_within_their_budget():
 
 
 def test_labels_suffix_names_the_budget():
-    from kd_utils.experiments import labels_suffix
+    from kd_utils.runs import labels_suffix
 
     assert labels_suffix("logit", 1.0) == "logit"
     assert labels_suffix("baseline", 0.1) == "baseline@10%labels"
@@ -212,18 +222,36 @@ def test_labels_suffix_names_the_budget():
 
 
 def test_provenance_names_each_machine_once_also_for_resumed_runs():
-    gpu, cpu = "cuda: NVIDIA H200, torch 2.11.0+cu130", "cpu: AMD EPYC, 2 cores"
-    runs = {"a": seeded_record("logit", 0, 0.9), "b": seeded_record("baseline", 0, 0.8)}
-    runs["a"]["environment"] = {"hardware": f"{gpu} + {cpu}", "torch": "2.14.1"}  # trained on both
-    runs["b"]["environment"] = {"hardware": "cuda: NVIDIA H200", "torch": "2.14.1"}  # a baseline trained there
-    assert f"seed 0, cuda: NVIDIA H200 / {cpu}, torch 2.14.1, 2.11.0+cu130;" in provenance(runs)
+    gpu, cpu = Segment("cuda: NVIDIA H200", "2.11.0+cu130", "bfloat16"), Segment("cpu: AMD EPYC, 2 cores", "2.14.1")
+    runs = {"a": seeded_record("logit", 0, 0.9, trained_on=(gpu, cpu)),  # resumed on the CPU
+            "b": seeded_record("baseline", 0, 0.8, trained_on=(Segment("cuda: NVIDIA H200", "2.14.1"),))}  # fmt: skip
+    for r in runs.values():
+        r.extra["environment"] = {"torch": "2.14.1"}  # the machine that evaluated them
+    assert f"seed 0, cuda: NVIDIA H200 / {cpu.hardware}, torch 2.14.1, 2.11.0+cu130;" in provenance(runs)
+
+
+def test_provenance_reads_the_machines_of_every_stored_layout():
+    """The nested layout (before RunRecord) kept the machines in ``environment["hardware"]``, "a + b" when resumed."""
+    stored = seeded_record("logit", 0, 0.9).to_dict()
+    del stored["trained_on"], stored["role"], stored["seed"]
+    stored["environment"] = {"hardware": "cuda: NVIDIA H200, torch 2.11.0 + cpu: AMD EPYC, 2 cores", "torch": "2.14.1",
+                             "precision": "bfloat16", "evaluated_on": "cpu: AMD EPYC, 2 cores, torch 2.14.1"}  # fmt: skip
+    record = RunRecord.from_dict(stored)
+    assert [s.label() for s in record.trained_on] == [
+        "cuda: NVIDIA H200, torch 2.11.0",
+        "cpu: AMD EPYC, 2 cores, torch 2.14.1",
+    ]
+    assert record.seed == 0 and record.role == "method"
+    assert {s.precision for s in record.trained_on} == {None}  # evaluated elsewhere: its precision says nothing
+    assert "cuda: NVIDIA H200 / cpu: AMD EPYC, 2 cores, torch 2.14.1, 2.11.0;" in provenance({"logit": record})
 
 
 def test_final_curves_draw_the_baseline_of_the_same_length_beside_the_short_one():
     history = [{"epoch": 1, "ce": 1.0, "val_loss": 1.1, "train_f1": 0.5, "val_f1": 0.4}]
-    runs = {name: {**seeded_record(name, 0, 0.8, epochs=70 if "final" in name else 15), "history": history}
+    runs = {name: seeded_record(name, 0, 0.8, epochs=70 if "final" in name else 15, method="logit")
             for name in ("baseline", "final-baseline", "final")}  # fmt: skip
-    runs["final"]["experiment"] = "logit"
+    for r in runs.values():
+        r.history = history
     fig = FIGURES["04_final_curves"](runs)
     legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert any(t.startswith("final-baseline") for t in legend) and any(t.startswith("baseline ") for t in legend)
@@ -236,7 +264,7 @@ def test_table_gain_pairs_each_run_with_the_labels_only_run_of_its_length():
     runs = {name: seeded_record(name, 0, f1, epochs=epochs) for name, f1, epochs in (
         ("teacher", 0.95, 40), ("baseline", 0.90, 15), ("logit", 0.92, 15), ("final-baseline", 0.93, 70),
         ("final", 0.94, 70))}  # fmt: skip
-    runs["final"]["experiment"] = "logit"
+    runs["final"].method = "logit"
     gains = {row["name"]: row["gain_f1"] for row in metric_rows(runs)}
     assert gains["logit"] == pytest.approx(0.02)
     assert gains["final (logit, 70 ep)"] == pytest.approx(0.01)  # against final-baseline, not 0.04 vs 15 epochs

@@ -15,8 +15,9 @@ from subprocess import PIPE
 import optuna
 import pytest
 
-from kd_utils import cli, report, sweep
+from kd_utils import cli, report, search, sweep
 from kd_utils.config import ExperimentConfig
+from kd_utils.distill import STUDENT_METHODS
 
 SMALL = [
     "--dataset", "synthetic", "--train-size", "200", "--val-size", "50", "--test-size", "50", "--epochs", "1",
@@ -180,12 +181,32 @@ def test_bad_param_exits_2_with_one_line_before_any_work(capsys, tmp_path, param
 
 def test_search_space_defaults_grids_and_caps():
     cfg = ExperimentConfig()
-    assert sweep.parse_param("at_weight=1:100:log").grid() == (1.0, 10.0, 100.0)
-    assert sweep.parse_param("spatial_size=1:4").grid() == (1, 2, 4)  # int ranges stay ints
-    assert sweep.parse_param("feature_kind=cosine,mse").choices == ("cosine", "mse")
-    for method in sweep.SEARCH_SPACES:  # every default space passes the config's own checks
-        assert sweep.search_space(method, cfg)
+    assert search.parse_param("at_weight=1:100:log").grid() == (1.0, 10.0, 100.0)
+    assert search.parse_param("spatial_size=1:4").grid() == (1, 2, 4)  # int ranges stay ints
+    assert search.parse_param("feature_kind=cosine,mse").choices == ("cosine", "mse")
+    for method in search.SEARCH_SPACES:  # every default space passes the config's own checks
+        assert search.search_space(method, cfg)
     short = ExperimentConfig(train=cfg.train.__class__(epochs=2))
-    hint = next(p for p in sweep.search_space("fitnets", short) if p.name == "hint_epochs")
+    hint = next(p for p in search.search_space("fitnets", short) if p.name == "hint_epochs")
     assert hint.choices == (1, 2)  # capped at the run's epochs
-    assert set(sweep.SEARCH_SPACES) == set(sweep.STUDENT_METHODS)
+    assert set(search.SEARCH_SPACES) == set(STUDENT_METHODS)  # one registry: kd_utils.distill
+
+
+def test_the_cli_parses_sweep_flags_without_optuna(monkeypatch):
+    """``search`` (the space and the flags) needs no Optuna; only running a sweep does (one line, exit 2)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['optuna'] = None\n"
+        "from kd_utils.cli import get_args_parser, main\n"
+        "assert 'kd_utils.sweep' not in sys.modules\n"
+        "args = get_args_parser().parse_args(['sweep', '--method', 'logit'])\n"
+        "raise SystemExit(main(['sweep', '--method', 'logit', '--dataset', 'synthetic']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "python -m kd_utils: error: this needs the optional package 'optuna'; pip install 'kd_utils[tune]' "
+        "(or pip install optuna)"
+    ]

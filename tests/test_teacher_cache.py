@@ -12,8 +12,9 @@ import torch
 from kd_utils.config import ExperimentConfig
 from kd_utils.data import TensorLoader
 from kd_utils.distill import build_distiller
-from kd_utils.experiments import FrozenTeacher, teacher_cache_for
 from kd_utils.models import build_model
+from kd_utils.runs import teacher_cache_for
+from kd_utils.teacher import FrozenTeacher
 from kd_utils.teacher_cache import TeacherCache, state_hash
 from kd_utils.train import fit
 

@@ -23,14 +23,14 @@ def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
 
 
-def make_distiller(method: str = "baseline", seed: int = 0) -> Distiller:
+def make_distiller(method: str = "baseline", seed: int = 0, cfg: DistillConfig | None = None) -> Distiller:
     """A student initialised from ``seed``; the teacher (if any) is always the same one, as from a cache."""
     teacher = None
     if method != "baseline":
         torch.manual_seed(1000)
         teacher = build_model("teacher_cnn")
     torch.manual_seed(seed)
-    return build_distiller(method, build_model("student_cnn"), teacher)
+    return build_distiller(method, build_model("student_cnn"), teacher, cfg)
 
 
 def test_initial_loss_is_near_log_num_classes(synthetic_splits):
@@ -153,7 +153,7 @@ def test_resume_of_a_finished_run_trains_nothing(small_splits, tiny_train_config
 
 def test_a_run_names_every_machine_that_trained_it(small_splits, tiny_train_config, tmp_path, monkeypatch):
     """A run trained elsewhere (a lent GPU) and finished or only evaluated here keeps that machine in its record."""
-    from kd_utils.experiments import environment
+    from kd_utils.runs import environment
 
     here = f"{train_mod.device_name(torch.device(tiny_train_config.device))}, torch {torch.__version__}"
     first = fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, epochs=2), tmp_path)
@@ -345,3 +345,62 @@ def test_train_config_refuses_non_finite_numbers_naming_the_flag():
         with pytest.raises(ValueError, match=f"--{field.replace('_', '-')} "):
             TrainConfig(**{field: value}).validate()
     TrainConfig().validate()
+
+
+# --- distillers see the epoch -------------------------------------------------------------------------------
+
+
+def crash_in_epoch(monkeypatch, crash: int) -> None:
+    """Make ``train_one_epoch`` raise as Ctrl-C would in epoch ``crash``, after the epoch before was saved."""
+    real = train_mod.train_one_epoch
+
+    def interrupted(distiller, loader, ctx, epoch, bar=None):
+        if epoch == crash:
+            raise KeyboardInterrupt
+        return real(distiller, loader, ctx, epoch, bar)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+
+
+def test_fit_tells_the_distiller_each_real_epoch_also_on_resume(small_splits, tiny_train_config, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(tiny_train_config, epochs=3)
+    steps = 200 // cfg.batch_size  # small_splits: 200 training images; training drops the last partial batch
+    seen = []
+    distiller = make_distiller()
+    distiller.start_epoch = lambda epoch, steps_per_epoch: seen.append((epoch, steps_per_epoch))
+    with monkeypatch.context() as patch:
+        crash_in_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(distiller, small_splits, cfg, tmp_path)
+    assert seen == [(1, steps), (2, steps), (3, steps)]  # told before each epoch's first step
+    seen.clear()
+    resumed = make_distiller()
+    resumed.start_epoch = lambda epoch, steps_per_epoch: seen.append((epoch, steps_per_epoch))
+    fit(resumed, small_splits, cfg, tmp_path, resume=True)
+    assert seen == [(3, steps)]  # the real epoch after last.pt's, not 1
+
+
+def test_dkd_warmup_logs_a_smaller_kd_term_in_epoch_1_and_keeps_the_teacher_frozen(small_splits, tiny_train_config):
+    plain = fit(make_distiller("dkd"), small_splits, tiny_train_config).history[0]
+    distiller = make_distiller("dkd", cfg=DistillConfig(dkd_warmup_epochs=20))
+    teacher_before = {k: v.clone() for k, v in distiller.teacher.state_dict().items()}
+    warm = fit(distiller, small_splits, tiny_train_config).history[0]
+    assert 0 < warm["kd"] < 0.5 * plain["kd"]  # scaled by 1/20 in epoch 1 (the raw term moves a little too)
+    for k, v in distiller.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), f"teacher {k} changed during fit"
+    assert all(not m.training for m in distiller.teacher.modules())
+    assert all(not p.requires_grad for p in distiller.teacher.parameters())
+
+
+def test_resumed_dkd_warmup_matches_an_uninterrupted_run(small_splits, tiny_train_config, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(tiny_train_config, epochs=3)
+    distill = DistillConfig(dkd_warmup_epochs=4)
+    full = fit(make_distiller("dkd", cfg=distill), small_splits, cfg, tmp_path / "a")
+    with monkeypatch.context() as patch:
+        crash_in_epoch(patch, 3)
+        with pytest.raises(KeyboardInterrupt):
+            fit(make_distiller("dkd", cfg=distill), small_splits, cfg, tmp_path / "b")
+    distiller = make_distiller("dkd", seed=7, cfg=distill)
+    resumed = fit(distiller, small_splits, cfg, tmp_path / "b", resume=True)
+    assert distiller.warmup.item() == 0.75  # epoch 3 of a 4-epoch warm-up, not epoch 1 of the resumed session
+    assert without_timing(resumed.history) == without_timing(full.history)

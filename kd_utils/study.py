@@ -1,0 +1,294 @@
+"""The study's protocol, written once: which runs it trains, in which order, at which setting, paired with which
+baseline, shown in which notebook. Notebooks 04 and 05, ``run --experiment study``, ``make sweeps`` and
+``benchmarks/gpu_study.py`` all read it from here.
+
+Pairing is the records' (``RunRecord.pairing_key``: same data stream, student, length and label budget, then by
+training seed): every method run below is compared with the labels-only run of its own length and budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .config import ExperimentConfig
+from .data import DataSplits, prepare_data
+from .distill import STUDENT_METHODS, DistillConfig
+from .records import RunRecord
+from .results import append_run, load_records
+from .runs import run_dir, train_experiment, validate
+from .teacher import FrozenTeacher, prepare_teacher
+from .train import load_checkpoint_file
+
+# --- the protocol, as data --------------------------------------------------------------------------------
+STUDY_TEACHER = {"teacher_epochs": 40, "teacher_random_erasing": 0.5}  # the strong teacher of the stored study
+STUDY_EPOCHS = 15  # every compared student run (notebooks 00-03, 05)
+FINAL_EPOCHS = 70  # the long run of the best candidate, next to a baseline as long (notebook 04)
+STUDY_SEEDS = (0, 1, 2)  # training seeds of the multi-seed comparisons
+CANDIDATES = ("logit", "hidden", "regressor")  # notebooks 01-03 at the defaults; 04 trains the best again, longer
+LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
+FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
+SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
+SWEEP_SEED = 0  # the sweeps' training seed
+SWEEP_SETTINGS = {"epochs": 5, "trials": 6}  # per method: trials of this many epochs (`make sweeps`)
+SWEEPS_DIR = Path("results") / SWEEP_DATASET / "sweeps"  # trials, tuned records and figures (README links)
+SWEEP_STORAGE = "sqlite:///checkpoints/sweeps.db"  # resumable across sessions
+
+
+@dataclass(frozen=True)
+class Job:
+    """One piece of the study a worker can train on its own, once the jobs it ``needs`` are done."""
+
+    name: str  # "04-final-1", "05-dist", "05-few-0.1", "sweep-logit"
+    notebook: str  # the notebook that shows its runs
+    kind: str  # teacher | candidates | final-baseline | final | compare | few-labels | sweep
+    arg: int | float | str | None = None  # the seed (final runs), method (compare, sweep) or label fraction
+    needs: tuple[str, ...] = ()
+
+
+def study_jobs(
+    seeds: Sequence[int] = STUDY_SEEDS,
+    sweeps: Sequence[str] = (),
+    methods: Sequence[str] = STUDENT_METHODS,
+    fractions: Sequence[float] = FEW_LABEL_FRACTIONS,
+) -> list[Job]:
+    """Every job of the study, in the order to start them once their needs are met (longest chains first);
+    ``sweeps`` are the methods whose sweep is still to run (that sweep's job then trains its method's comparison,
+    at the setting it chose)."""
+    jobs = [Job("teacher", "00_baseline", "teacher")]
+    jobs += [Job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in sweeps]
+    jobs += [Job("01-03", "04_final_run", "candidates", None, ("teacher",))]
+    jobs += [Job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
+    first = [m for m in methods if m in LOGIT_METHODS] + [m for m in methods if m not in LOGIT_METHODS]
+    jobs += [Job(f"05-{m}", "05_method_comparison", "compare", m, ("teacher",)) for m in first if m not in sweeps]
+    jobs += [Job(f"04-final-{s}", "04_final_run", "final", s, ("teacher", "01-03")) for s in seeds]
+    logit_jobs = tuple(f"sweep-{m}" if m in sweeps else f"05-{m}" for m in LOGIT_METHODS if m in methods)
+    jobs += [Job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, ("teacher", *logit_jobs)) for f in fractions]
+    return jobs
+
+
+def sweep_argv(method: str, checkpoint_dir: str = "checkpoints") -> list[str]:
+    """The ``python -m kd_utils`` arguments of one method's study sweep (``make sweeps``, the GPU study)."""
+    argv = ["sweep", "--method", method, "--dataset", SWEEP_DATASET, "--seed", str(SWEEP_SEED)]
+    for key, value in {**STUDY_TEACHER, **SWEEP_SETTINGS}.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    storage = SWEEP_STORAGE if checkpoint_dir == "checkpoints" else f"sqlite:///{checkpoint_dir}/sweeps.db"
+    return [*argv, "--checkpoint-dir", checkpoint_dir, "--results-dir", str(SWEEPS_DIR), "--storage", storage,
+            "--no-progress", "--resume"]  # fmt: skip
+
+
+def sweep_done(method: str, sweeps_dir: Path = SWEEPS_DIR) -> bool:
+    """A finished sweep has scored its choice on test (``<study>-best.json``)."""
+    return (sweeps_dir / f"{SWEEP_DATASET}-{method.replace('+', '_')}-seed{SWEEP_SEED}-best.json").exists()
+
+
+# --- the runs -----------------------------------------------------------------------------------------------
+Log = Callable[[str], None] | None
+
+
+def with_seed(cfg: ExperimentConfig, seed: int, epochs: int | None = None) -> ExperimentConfig:
+    return replace(cfg, train=replace(cfg.train, seed=seed, epochs=epochs or cfg.train.epochs))
+
+
+def best_by_validation(records: dict[str, RunRecord] | dict[str, list[RunRecord]]) -> str:
+    """The method with the highest best-epoch validation macro F1, averaged over its seeds (the test set plays
+    no part)."""
+
+    def score(name: str) -> float:
+        runs = records[name] if isinstance(records[name], list) else [records[name]]
+        return sum(r.best_val_f1 for r in runs) / len(runs)
+
+    return max(records, key=score)
+
+
+def train_candidates(cfg: ExperimentConfig, data: DataSplits, teacher: FrozenTeacher, log: Log = print) -> dict:
+    """Notebooks 01-03's runs at the defaults, ``{method: record}`` (finished ones are only evaluated)."""
+    return {m: train_experiment(m, cfg, data, teacher, log)[1] for m in CANDIDATES}
+
+
+def final_runs(
+    cfg: ExperimentConfig, data: DataSplits, teacher: FrozenTeacher, method: str, seeds: Sequence[int], log: Log = print
+) -> list[RunRecord]:
+    """Notebook 04: ``method`` for ``cfg.train.epochs`` epochs per seed, each next to a labels-only run as long
+    (``final-baseline``), so the gain is not the longer schedule's."""
+    records = []
+    for seed in seeds:
+        seed_cfg = with_seed(cfg, seed)
+        records.append(train_experiment("baseline", seed_cfg, data, log=log, name="final-baseline",
+                                        role="final-baseline")[1])  # fmt: skip
+        records.append(train_experiment(method, seed_cfg, data, teacher, log, name="final", role="final")[1])
+    return records
+
+
+def tuned_settings(sweeps_dir: str | Path | None, method: str) -> tuple[dict | None, str]:
+    """The distillation settings a sweep chose for ``method`` by validation F1 (the latest tuned record of that
+    method under ``sweeps_dir``), and where they come from; ``(None, "defaults")`` without one."""
+    found, source = None, "defaults"
+    for path in sorted(Path(sweeps_dir).glob("*.json")) if sweeps_dir and Path(sweeps_dir).is_dir() else []:
+        try:
+            records = load_records(path)
+        except ValueError:
+            continue  # a trials file, not a results file
+        latest = next((r for r in reversed(records) if r.method == method and r.get("sweep")), None)
+        if latest is not None:
+            found, source = latest, f"sweep {path.name} ({latest.timestamp or '?'})"
+    return (found.config["distill"] if found else None), source
+
+
+def compare_methods(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    teacher: FrozenTeacher,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    sweeps_dir: str | Path | None = None,
+    results_path: str | Path | None = None,
+    log: Log = print,
+) -> list[RunRecord]:
+    """Every method at its tuned setting (``tuned_settings``, else the defaults) and the baseline, once per
+    training seed, all with the same teacher; each record appended to ``results_path``. A run at a sweep's
+    setting is named ``<method>-tuned``, so it never shadows a run of the same method at the defaults."""
+    settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
+    records = []
+    for seed in seeds:
+        seed_cfg = with_seed(cfg, seed)
+        runs = [("baseline", "baseline", seed_cfg, None)]
+        for method in methods:
+            tuned, _ = settings[method]
+            distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
+            name = f"{method}-tuned" if tuned else method  # apart from notebooks 01-03's runs at the defaults
+            runs.append((method, name, replace(seed_cfg, distill=distill), teacher))
+        for experiment, name, run_cfg, run_teacher in runs:
+            _, record = train_experiment(experiment, run_cfg, data, run_teacher, log, name=name)
+            record.extra["settings_from"] = settings[experiment][1] if experiment in settings else "labels only"
+            if results_path is not None:
+                append_run(results_path, record, replace_same_run=True)  # a re-run replaces its own record
+            records.append(record)
+    return records
+
+
+def few_label_runs(
+    cfg: ExperimentConfig,
+    teacher: FrozenTeacher,
+    method: str,
+    seeds: Sequence[int],
+    sweeps_dir: str | Path | None = None,
+    results_path: str | Path | None = None,
+    log: Log = print,
+) -> list[RunRecord]:
+    """Notebook 05: ``method`` and the baseline with each of ``FEW_LABEL_FRACTIONS`` of the training labels."""
+    records = []
+    for fraction in FEW_LABEL_FRACTIONS:
+        few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
+        few_data = prepare_data(few_cfg.data)
+        records += compare_methods(few_cfg, few_data, teacher, [method], seeds, sweeps_dir, results_path, log)
+    return records
+
+
+def best_logit_method(records: Sequence[RunRecord]) -> str:
+    """The logit-based method (``LOGIT_METHODS``) with the best mean validation F1 among ``records``."""
+    return best_by_validation({m: [r for r in records if r.method == m] for m in LOGIT_METHODS})
+
+
+# --- `run --experiment ...`: teacher, baseline, methods, per seed ---------------------------------------------
+def run_study(
+    experiments: list[str],
+    cfg: ExperimentConfig,
+    results_path: str | Path | None = None,
+    log: Log = print,
+    final_epochs: int | None = None,
+    seeds: list[int] | None = None,
+    teacher_per_seed: bool = False,
+) -> list[RunRecord]:
+    """Teacher, baseline and the requested methods for every student seed; each record appended to ``results_path``.
+
+    One teacher (trained with the first seed) serves every student seed unless ``teacher_per_seed``; each
+    record says which teacher it learned from. With ``final_epochs``, the method with the best mean validation
+    F1 is trained again for that many epochs next to a baseline as long (``final_runs``), for every seed.
+    """
+    from .summary import format_metrics
+
+    validate(cfg)
+    seeds = list(seeds) if seeds else [cfg.train.seed]
+    if final_epochs is not None and final_epochs < 1:
+        raise ValueError(f"--final-epochs {final_epochs}: must be >= 1")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: each seed once")
+    data = prepare_data(cfg.data)
+    if log:
+        log(f"data: {cfg.data.dataset} {data.sizes()}")
+    records: list[RunRecord] = []
+
+    def done(record: RunRecord) -> None:
+        records.append(record)
+        if results_path is not None:
+            append_run(results_path, record)
+        if log:
+            log(format_metrics(record))
+
+    methods = [e for e in experiments if e in STUDENT_METHODS]
+    needs_teacher = bool(methods) or "teacher" in experiments
+    teacher = None
+    if needs_teacher and not teacher_per_seed:
+        teacher = prepare_teacher(with_seed(cfg, seeds[0]), data, log)
+    check_resumable_runs(cfg, seeds, ["baseline", *methods], teacher, final_epochs)  # before anything is appended
+    if teacher is not None:
+        done(teacher.record)
+    per_method: dict[str, list[RunRecord]] = {m: [] for m in methods}
+    for seed in seeds:
+        seed_cfg = with_seed(cfg, seed)
+        if needs_teacher and teacher_per_seed:
+            teacher = prepare_teacher(seed_cfg, data, log)
+            done(teacher.record)
+        if "baseline" in experiments or methods:
+            done(train_experiment("baseline", seed_cfg, data, log=log)[1])
+        for method in methods:
+            _, record = train_experiment(method, seed_cfg, data, teacher, log)
+            per_method[method].append(record)
+            done(record)
+    if final_epochs is not None and methods:
+        best = best_by_validation(per_method)
+        if log:
+            log(f"final run: {best} (best mean validation F1) for {final_epochs} epochs, with a baseline as long")
+        long_cfg = replace(cfg, train=replace(cfg.train, epochs=final_epochs))
+        for record in final_runs(long_cfg, data, teacher, best, seeds, log):
+            done(record)
+    return records
+
+
+def check_resumable_runs(cfg, seeds, experiments, teacher, final_epochs) -> None:
+    """With ``resume``, every ``last.pt`` the study will resume from must load; a damaged one is reported now,
+    before any record is appended, rather than halfway through the study."""
+    if not cfg.resume:
+        return
+    lengths = [cfg.train.epochs] + ([final_epochs] if final_epochs else [])
+    for seed in seeds:
+        for epochs in lengths:
+            run_cfg = with_seed(cfg, seed, epochs)
+            for experiment in experiments:
+                folder = run_dir(run_cfg, experiment, teacher if experiment != "baseline" else None)
+                for last in (folder / "last.pt", folder / "hint" / "last.pt"):
+                    if last.exists():
+                        load_checkpoint_file(last)
+
+
+def run_sweeps(log: Log = print) -> int:
+    """Every study sweep not finished yet (``make sweeps``), in method order; the first failure's exit code."""
+    from .cli import main as cli_main
+
+    for method in STUDENT_METHODS:
+        if sweep_done(method):
+            continue
+        if log:
+            log(f"sweep {method}: python -m kd_utils {' '.join(sweep_argv(method))}")
+        code = cli_main(sweep_argv(method))
+        if code:
+            return code
+    return 0
+
+
+def format_jobs() -> str:
+    """The study's jobs, one line each: what a GPU session (benchmarks/gpu_study.py) would start, in order."""
+    jobs = study_jobs(sweeps=[m for m in STUDENT_METHODS if not sweep_done(m)])
+    return "\n".join(f"{j.name:<20} {j.notebook:<22} needs {', '.join(j.needs) or '-'}" for j in jobs)
