@@ -1,6 +1,6 @@
 # Two entry points for a fresh clone; each sets up what it needs first.
 #   make demo   every method once on 10,000 Fashion-MNIST images, 3 epochs (offline, CPU, a few minutes); summary table
-#   make test   the test suite: pytest tests/, then the notebooks through nbval (smoke profile)
+#   make test   the test suite: pytest tests/ (with and without the optional packages), then the notebooks (nbval)
 #   make report re-render Pictures/ and the README tables from results/
 #   make sweeps tune every method on validation F1 (short Optuna sweeps), before the study
 #   make study  the stored full-profile study: notebooks 00-05 on Fashion-MNIST, outputs kept in notebooks/
@@ -28,8 +28,9 @@ demo: setup data
 	$(PY) -m kd_utils run --experiment all --dataset fashion-mnist --train-size 10000 --epochs 3 --teacher-epochs 3 \
 	  --hint-epochs 2 --checkpoint-dir runs/demo-checkpoints --results-path runs/demo.json --no-progress
 
-test: setup data  # unit tests, then every notebook executed in the smoke profile (nbval) in a scratch folder
+test: setup data  # unit tests; again as without the optional packages; every notebook in the smoke profile (nbval)
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
+	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider tests
 	KD_PROFILE=smoke KD_DATASET=fashion-mnist KD_OUTPUT_DIR=$$(mktemp -d) \
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
 

@@ -30,7 +30,8 @@ from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kd_utils.data import DATASETS, DataSplits, TensorLoader  # noqa: E402
+from kd_utils.data import DataSplits, TensorLoader  # noqa: E402
+from kd_utils.datasets import DATASETS
 from kd_utils.distill import DistillConfig, build_distiller  # noqa: E402
 from kd_utils.models import build_model, fuse_batchnorm  # noqa: E402
 from kd_utils.teacher_cache import TeacherCache, state_hash  # noqa: E402

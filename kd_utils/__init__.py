@@ -7,7 +7,8 @@ profiles, setup and closing cell.
 """
 
 from .config import ExperimentConfig
-from .data import DATASETS, DataConfig, DataSplits, TensorLoader, load_dataset, prepare_data
+from .data import DataConfig, DataSplits, TensorLoader, prepare_data
+from .datasets import DATASETS, load_dataset
 from .distill import DistillConfig, build_distiller
 from .losses import (
     FeatureRegressor,

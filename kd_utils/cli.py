@@ -19,7 +19,7 @@ from .flags import HelpFormatter, OneLineParser, add_config_flags, config_from_a
 from .results import check_results_path, load_records
 from .runs import EXPERIMENTS
 from .search import add_sweep_parser
-from .study import FINAL_EPOCHS, format_jobs, run_study, run_sweeps
+from .study import FINAL_EPOCHS, format_jobs, run_study, sweep_argv, sweep_done
 from .summary import format_run_table
 from .train import NonFiniteLossError
 
@@ -133,6 +133,18 @@ def sweep_command(args: argparse.Namespace) -> None:
     run_sweep(args)
 
 
+def run_study_sweeps(prog: str | None = None) -> int:
+    """``study sweeps`` (``make sweeps``): every study sweep not finished yet, in method order; stops at the first
+    that fails, with its exit code."""
+    for method in STUDENT_METHODS:
+        if not sweep_done(method):
+            print(f"sweep {method}: python -m kd_utils {' '.join(sweep_argv(method))}", flush=True)
+            code = main(sweep_argv(method), prog)
+            if code:
+                return code
+    return 0
+
+
 def missing_extra(err: ImportError, package: str, extra: str) -> str:
     """The one line for a feature whose optional package is not installed."""
     return (f"this needs the optional package '{getattr(err, 'name', None) or package}'; "
@@ -166,7 +178,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         elif args.command == "study" and args.action == "jobs":
             print(format_jobs())
         elif args.command == "study":
-            return run_sweeps()
+            return run_study_sweeps(prog)
     except (ValueError, FileNotFoundError, TimeoutError) as err:
         return fail(parser.prog, str(err), 2)
     except NonFiniteLossError as err:

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .config import FLAGS, from_flags, read_toml
-from .data import DATASETS
+from .datasets import DATASETS
 from .distill import CHANNEL_MATCHES, FEATURE_KINDS
 from .models import list_models
 from .train import OPTIMIZERS, PRECISIONS, SCHEDULES

@@ -46,7 +46,7 @@ class Segment:
     precision: str | None = None  # autocast dtype ("bfloat16", "float32"); None: not recorded
 
     def label(self) -> str:
-        """``"<hardware>, torch <version>"``, the form of ``FitResult.trained_on`` entries."""
+        """``"<hardware>, torch <version>"`` (the machine, without the precision)."""
         return self.hardware if self.torch is None else f"{self.hardware}, torch {self.torch}"
 
     def machine_class(self) -> str:
@@ -55,9 +55,11 @@ class Segment:
 
 
 def parse_segment(label: str, torch_version: str | None = None, precision: str | None = None) -> Segment:
-    """A ``Segment`` from a ``"<device>, torch <version>"`` label (the version may be missing from old records)."""
-    hardware, sep, version = label.partition(", torch ")
-    return Segment(hardware, version if sep else torch_version, precision)
+    """A ``Segment`` from a ``"<device>, torch <version>, <dtype>"`` label (``train.machine_label``); labels of
+    older records lack the dtype (then ``precision``) or the version too (then ``torch_version``)."""
+    hardware, sep, rest = label.partition(", torch ")
+    version, _, dtype = rest.partition(", ")
+    return Segment(hardware, version if sep else torch_version, dtype or precision)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from .comparison import (  # noqa: F401 - the notebooks read the comparison thro
     per_class_gain_table,
     reference_for,
 )
-from .data import dataset_info
+from .datasets import dataset_info
 from .distill import STUDENT_METHODS
 from .records import RunRecord, read_records
 from .results import load_records
@@ -310,7 +310,7 @@ def replace_block(text: str, key: str, body: str) -> str:
 def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", per_class: int = 8) -> list[Path]:
     """Per-class sample grids of the train and test splits (the first images of each class), when the
     dataset is on disk; nothing when it is not (the report never downloads)."""
-    from .data import load_dataset
+    from .datasets import load_dataset
 
     info = dataset_info(dataset)
     written = []

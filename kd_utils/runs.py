@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
-from .data import DataSplits, TensorLoader, dataset_info
+from .data import DataSplits, TensorLoader
+from .datasets import dataset_info
 from .distill import STUDENT_METHODS, TWO_STAGE, build_distiller
 from .metrics import classification_metrics
 from .models import build_model, check_model_name, count_parameters
@@ -144,13 +145,15 @@ def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> d
 
 def environment(cfg: ExperimentConfig, trained_on: list[str] | None = None) -> dict:
     """Where this record was made; ``trained_on`` (``FitResult.trained_on``), when it names another machine,
-    replaces ``hardware`` (the training's hardware is what a reader compares) and this one becomes ``evaluated_on``."""
+    replaces ``hardware`` (the training's hardware is what a reader compares) and this one becomes ``evaluated_on``.
+    The record's ``trained_on`` segments (``segments``) say the same per stretch of training, with its precision."""
     device = resolve_device(cfg.train.device)
     env = {"torch": torch.__version__, "hardware": device_name(device), "threads": torch.get_num_threads(),
            "precision": precision_name(cfg)}  # fmt: skip
-    here = machine_label(device)
-    if trained_on and trained_on != [here]:
-        env.update(hardware=" + ".join(trained_on), evaluated_on=here)
+    here = parse_segment(machine_label(device)).label()
+    machines = list(dict.fromkeys(parse_segment(label).label() for label in trained_on or []))
+    if machines and machines != [here]:
+        env.update(hardware=" + ".join(machines), evaluated_on=here)
     return env
 
 
@@ -161,9 +164,8 @@ def precision_name(cfg: ExperimentConfig) -> str:
 
 
 def segments(cfg: ExperimentConfig, trained_on: list[str]) -> tuple[Segment, ...]:
-    """``FitResult.trained_on`` labels as ``Segment``s; this machine's carries the precision it trained in."""
-    here = machine_label(resolve_device(cfg.train.device))
-    return tuple(parse_segment(label, precision=precision_name(cfg) if label == here else None) for label in trained_on)
+    """``FitResult.trained_on`` labels as ``Segment``s (hardware, torch, precision of each stretch of training)."""
+    return tuple(dict.fromkeys(parse_segment(label) for label in trained_on))
 
 
 def did_not_learn(history: list[dict], num_classes: int) -> bool:

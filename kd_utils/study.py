@@ -273,21 +273,6 @@ def check_resumable_runs(cfg, seeds, experiments, teacher, final_epochs) -> None
                         load_checkpoint_file(last)
 
 
-def run_sweeps(log: Log = print) -> int:
-    """Every study sweep not finished yet (``make sweeps``), in method order; the first failure's exit code."""
-    from .cli import main as cli_main
-
-    for method in STUDENT_METHODS:
-        if sweep_done(method):
-            continue
-        if log:
-            log(f"sweep {method}: python -m kd_utils {' '.join(sweep_argv(method))}")
-        code = cli_main(sweep_argv(method))
-        if code:
-            return code
-    return 0
-
-
 def format_jobs() -> str:
     """The study's jobs, one line each: what a GPU session (benchmarks/gpu_study.py) would start, in order."""
     jobs = study_jobs(sweeps=[m for m in STUDENT_METHODS if not sweep_done(m)])

@@ -3,6 +3,10 @@
 ``fit`` runs epochs of ``train_one_epoch`` + ``evaluate`` on the validation split, keeps a per-epoch
 history, writes ``last.pt`` every epoch and ``best.pt`` on a new best validation F1 (atomically), resumes
 from ``last.pt``, and restores the best epoch's weights at the end. The test split is never seen here.
+
+Longer than the other modules (~490 lines) because what ``fit`` needs travels with it: the device and autocast
+choice (and the name of the machine each epoch trained on), the checkpoint format it writes and reads back
+with ``weights_only=True``, and the finiteness checks that keep a diverged epoch off the disk.
 """
 
 from __future__ import annotations
@@ -135,9 +139,11 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}: {model}, {os.cpu_count()} cores"
 
 
-def machine_label(device: torch.device) -> str:
-    """``"<device_name>, torch <version>"``: one entry of ``FitResult.trained_on``."""
-    return f"{device_name(device)}, torch {torch.__version__}"
+def machine_label(device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """``"<device_name>, torch <version>[, <autocast dtype>]"``: one entry of ``FitResult.trained_on`` (records
+    read it as a ``records.Segment``; entries written before the dtype was added lack it)."""
+    label = f"{device_name(device)}, torch {torch.__version__}"
+    return label if dtype is None else f"{label}, {str(dtype).removeprefix('torch.')}"
 
 
 def cpu_has_native_bf16() -> bool:
@@ -395,7 +401,7 @@ def fit(
             if log:
                 log(f"resumed {desc} from {last.name} after epoch {state['epoch']}")
     best_state = None
-    here = machine_label(device)
+    here = machine_label(device, dtype)
     if start_epoch <= cfg.epochs and here not in result.trained_on:
         result.trained_on.append(here)
     for epoch in range(start_epoch, cfg.epochs + 1):

@@ -480,3 +480,23 @@ def test_the_original_timm_pair_runs_every_method_end_to_end(capsys, tmp_path):
         check_record(record)
         assert all(math.isfinite(row["loss"]) for row in record["history"])
     assert runs[0]["config"]["teacher"] == "timm:efficientnet_b0" and runs[0]["params"] > runs[1]["params"]
+
+
+def test_the_cli_parses_sweep_flags_without_optuna():
+    """``search`` (the space and the flags) needs no Optuna; only running a sweep does (one line, exit 2)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['optuna'] = None\n"
+        "from kd_utils.cli import get_args_parser, main\n"
+        "assert 'kd_utils.sweep' not in sys.modules\n"
+        "args = get_args_parser().parse_args(['sweep', '--method', 'logit'])\n"
+        "raise SystemExit(main(['sweep', '--method', 'logit', '--dataset', 'synthetic']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "python -m kd_utils: error: this needs the optional package 'optuna'; pip install 'kd_utils[tune]' "
+        "(or pip install optuna)"
+    ]

@@ -15,18 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from kd_utils.data import (
-    DATASETS,
-    FASHION_MNIST_SYSTEM_DIR,
-    UNLABELED,
-    DataConfig,
-    TensorLoader,
-    load_dataset,
-    make_synthetic,
-    prepare_data,
-    read_idx,
-    stratified_subset,
-)
+from kd_utils.data import UNLABELED, DataConfig, TensorLoader, prepare_data, stratified_subset
+from kd_utils.datasets import DATASETS, FASHION_MNIST_SYSTEM_DIR, load_dataset, make_synthetic, read_idx
 
 # --- CIFAR-10: python-format pickled batches ------------------------------------------------------
 

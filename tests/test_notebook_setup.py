@@ -13,19 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from kd_utils import notebook
+from kd_utils import notebook, notebook_files
 from kd_utils.notebook import (
     PROFILES,
     REPO_ROOT,
     environment_overrides,
     finish,
     in_colab,
-    out_of_sync,
-    repository_url,
     setup,
     study_summary,
-    sync,
 )
+from kd_utils.notebook_files import out_of_sync, repository_url, sync
 
 # the printed lines as a reader of the notebooks' outputs finds them
 RUN_INFO = re.compile(r"run info \| profile: (\w+) \| dataset: ([\w-]+) \|.*device: ([^|]+)\|.*started: ([^\n]+)")
@@ -264,6 +262,6 @@ def test_repository_url_must_be_a_github_url(tmp_path, text, message):
 
 
 def test_main_check_and_usage(capsys):
-    assert notebook.main(["check"]) == 0
+    assert notebook_files.main(["check"]) == 0
     for argv in (["bogus"], [], ["check", "notebooks"]):
-        assert notebook.main(argv) == 2 and "usage:" in capsys.readouterr().err
+        assert notebook_files.main(argv) == 2 and "usage:" in capsys.readouterr().err

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from kd_utils import notebook
-from kd_utils.notebook import REPO_ROOT, WIDGET_VIEW, carrying_widgets, strip, widget_state
+from kd_utils import notebook_files as notebook
+from kd_utils.notebook import REPO_ROOT
+from kd_utils.notebook_files import WIDGET_VIEW, carrying_widgets, strip, widget_state
 
 BAR_TEXT = ["epoch 3/3: 100%|##########| 47/47 [00:02<00:00, 21.3it/s]"]  # as nbformat writes text: lines
 STORED = [

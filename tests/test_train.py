@@ -155,7 +155,7 @@ def test_a_run_names_every_machine_that_trained_it(small_splits, tiny_train_conf
     """A run trained elsewhere (a lent GPU) and finished or only evaluated here keeps that machine in its record."""
     from kd_utils.runs import environment
 
-    here = f"{train_mod.device_name(torch.device(tiny_train_config.device))}, torch {torch.__version__}"
+    here = f"{train_mod.device_name(torch.device(tiny_train_config.device))}, torch {torch.__version__}, float32"
     first = fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, epochs=2), tmp_path)
     assert first.trained_on == [here]
     elsewhere = "cuda: Some Other GPU, torch 0.0"
@@ -176,6 +176,15 @@ def test_a_run_names_every_machine_that_trained_it(small_splits, tiny_train_conf
     assert environment(cfg, [elsewhere]) == env | {"hardware": elsewhere, "evaluated_on": this_machine}
     assert environment(cfg, [elsewhere, this_machine])["hardware"] == f"{elsewhere} + {this_machine}"
     assert environment(cfg, [this_machine]) == env
+    assert environment(cfg, [f"{this_machine}, bfloat16"]) == env  # the label's precision names no other machine
+
+    from kd_utils.records import Segment
+    from kd_utils.runs import segments
+
+    assert segments(cfg, [elsewhere, here]) == (
+        Segment("cuda: Some Other GPU", "0.0", None),  # an entry from before labels carried the precision
+        Segment(train_mod.device_name(torch.device("cpu")), torch.__version__, "float32"),
+    )
 
 
 def test_resume_refuses_changed_settings(small_splits, tiny_train_config, tmp_path):
