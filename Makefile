@@ -41,7 +41,8 @@ STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebook
 
 checkpoints/notebooks/%.ipynb: | setup data
 	KD_PROFILE=full KD_DATASET=fashion-mnist $(VENV)/bin/jupyter nbconvert --to notebook --execute \
-	  --ExecutePreprocessor.timeout=-1 --output-dir checkpoints/notebooks notebooks/$*.ipynb
+	  --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.store_widget_state=False \
+	  --output-dir checkpoints/notebooks notebooks/$*.ipynb
 
 study: $(STUDY_DONE)
 	cp $(STUDY_DONE) notebooks/

@@ -5,7 +5,8 @@ text (``Flag.help``), so a comment states what the setting means and never its d
 
 Flags are the field names with dashes (``level_weights`` -> ``--level-weights``); the data split's seed is
 ``--split-seed`` (``--seed`` is the training seed: weight init, batch order, augmentation). A record's
-``config`` (``asdict``) converts back with ``from_dict`` and to a replayable TOML file with ``to_toml``.
+``config`` (``asdict``) converts back with ``from_dict`` and to a replayable TOML file with ``to_toml``
+(``python -m kd_utils config``).
 """
 
 from __future__ import annotations
@@ -216,10 +217,3 @@ def to_toml(values: dict[str, object]) -> str:
             raise ValueError(f"cannot write {name} = {value!r} as TOML")
         lines.append(f"{name} = {text}")
     return "\n".join(lines) + "\n"
-
-
-def record_to_toml(record: dict) -> str:
-    """The settings of a results record as a ``--config`` file that replays the run exactly."""
-    cfg = from_dict(record["config"])
-    seed_note = f"# replays run '{record.get('name', record['experiment'])}' of {record.get('timestamp', '?')}\n"
-    return seed_note + to_toml({"experiment": record["experiment"], **to_flags(cfg)})

@@ -136,3 +136,20 @@ def test_sigint_during_a_real_run_leaves_what_finished(tmp_path):
         "python -m kd_utils: error: interrupted; finished runs are saved, --resume continues the others"
     ]
     assert [r.role for r in load_records(results)] == ["teacher", "baseline"]
+
+
+def test_the_stored_study_runs_keep_their_checkpoint_folders():
+    """Run folders are named by a hash of the settings that shape a run; adding a setting at a value that
+    changes nothing (``DistillConfig.shaping_dict``) must not rename them, or the notebooks would retrain."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from kd_utils.config import from_dict
+    from kd_utils.runs import run_dir
+
+    for r in load_records(ROOT / "results" / "fashion-mnist" / "runs.json"):
+        if r.role == "teacher":
+            continue
+        cfg = replace(from_dict(r.config), checkpoint_dir=str(ROOT / "checkpoints"))  # recorded in another clone
+        teacher = SimpleNamespace(weights_hash=r.teacher["weights_sha256"]) if r.method != "baseline" else None
+        assert (run_dir(cfg, r.method, teacher) / "last.pt").exists(), (r.name, r.seed)
