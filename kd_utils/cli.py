@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import FLAGS, from_dict, to_flags, to_toml
+from .datasets import DATASETS
 from .distill import STUDENT_METHODS
 from .flags import HelpFormatter, OneLineParser, add_config_flags, config_from_args, fail, parse_args_with_config
 from .results import check_results_path, load_records
@@ -77,6 +78,14 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     export.add_argument("--run", default=None, help="run name (e.g. logit, final); default: the last record")
     export.add_argument("--seed", type=int, default=None, help="the record of this training seed")
     export.add_argument("--output", "-o", default=None, help="write here instead of stdout")
+    labels = sub.add_parser("test-labels", help="store a dataset's test labels beside its results, for the report's "
+                            "bootstrap over test images (records before 2026-12-01 lack them)",
+                            formatter_class=HelpFormatter)  # fmt: skip
+    labels.add_argument("--dataset", required=True, choices=tuple(DATASETS))
+    labels.add_argument("--results-dir", default="results", help="writes <results-dir>/<dataset>/test-labels.json")
+    labels.add_argument("--data-dir", default=FLAGS["data-dir"].default, help="where the dataset is (never downloaded)")
+    labels.add_argument("--test-size", type=int, default=None, help="the runs' --test-size (None: the whole test set)")
+    labels.add_argument("--split-seed", type=int, default=0, help="the runs' --split-seed")
     protocol = sub.add_parser("study", help="the study's protocol: list its jobs, or run the sweeps not finished yet",
                               formatter_class=HelpFormatter)  # fmt: skip
     protocol.add_argument("action", choices=("jobs", "sweeps"), help="jobs: one line each; sweeps: `make sweeps`")
@@ -175,6 +184,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 print(text, end="")
         elif args.command == "sweep":
             sweep_command(args)
+        elif args.command == "test-labels":
+            from .report import store_test_labels
+
+            path = store_test_labels(args.dataset, args.results_dir, args.data_dir, args.test_size, args.split_seed)
+            print(f"test labels written to {path}")
         elif args.command == "study" and args.action == "jobs":
             print(format_jobs())
         elif args.command == "study":

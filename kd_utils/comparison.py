@@ -1,13 +1,16 @@
-"""Paired comparisons over seeds, read from the records alone: which runs are grouped, which labels-only run each
-is paired with (``RunRecord.pairing_key``), the paired gain with its 95% interval, Holm's adjustment across the
-runs sharing a baseline, McNemar per seed, and the sentences and tables that state the verdicts.
+"""Paired comparisons with labels alone, read from the records: which runs are grouped, which labels-only run
+each is paired with (``RunRecord.pairing_key``), the paired gain with both 95% intervals (seeds only; seeds and
+test images, ``evidence``), Holm's adjustment across the runs sharing a baseline, McNemar per seed, no verdict
+for a pair trained on different machines, and the sentences and tables that state the verdicts.
 """
 
 from __future__ import annotations
 
 from .distill import STUDENT_METHODS
+from .evidence import Evidence, PairGain
+from .intervals import TwoLevelGain
 from .records import RunRecord, read_records
-from .stats import PairedGain, holm, mcnemar, mean_std, paired_gain
+from .stats import PairedGain, holm, mcnemar, mean_std
 
 Runs = dict[str, RunRecord]  # one record per run name
 Grouped = dict[str, dict[int, RunRecord]]  # every seed's record per run name
@@ -85,12 +88,13 @@ VERDICTS = {  # PairedGain.verdict -> what the table and the conclusions say
 
 
 def comparison_conclusion(rows: list[dict]) -> str:
-    """Which runs beat labels alone, which are within noise and which are worse, by their paired intervals and
-    Holm-adjusted p-values."""
-    groups: dict[str, list[str]] = {v: [] for v in VERDICTS}
+    """Which runs beat labels alone, which are within noise, which are worse and which cannot be judged (trained
+    on other machines than their baseline), by the intervals over seeds and test images and Holm's p."""
+    groups: dict[str, list[str]] = {v: [] for v in (*VERDICTS, "confounded")}
     for row in rows:
-        if row["gain"] is not None:
-            groups[row["gain"].verdict()].append(f"{label(row['name'], row['record'])} ({row['gain'].mean:+.4f})")
+        if row["pair"] is not None:
+            key = "confounded" if row["pair"].confound else row["gain"].verdict()
+            groups[key].append(f"{label(row['name'], row['record'])} ({row['gain'].mean:+.4f})")
     parts = [
         f"beat labels alone (95% interval above 0, Holm p < 0.05): {', '.join(groups['gain']) or 'none'}",
         f"within noise (interval contains 0): {', '.join(groups['within noise']) or 'none'}",
@@ -99,15 +103,20 @@ def comparison_conclusion(rows: list[dict]) -> str:
     for key in ("unadjusted gain", "unadjusted loss", "one seed"):
         if groups[key]:
             parts.append(f"{VERDICTS[key]}: {', '.join(groups[key])}")
+    if groups["confounded"]:
+        parts.append(f"no verdict, trained on other machines than their baseline: {', '.join(groups['confounded'])}")
     return "; ".join(parts) + "."
 
 
-def conclusion(runs: Runs, name: str, gain: PairedGain | None = None) -> str:
-    """One sentence reading the measured test F1 of run ``name`` against the baseline and the teacher.
+def conclusion(
+    runs: Runs, name: str, pair: PairGain | PairedGain | None = None, evidence: Evidence | None = None
+) -> str:
+    """One sentence reading the measured test F1 of run ``name`` against its labels-only run and the teacher.
 
-    For ``name="baseline"`` it states the teacher-student gap that distillation sets out to close. With
-    ``gain`` (the paired difference over seeds) the verdict is its 95% interval's; with one seed there is no
-    interval, and the sentence says that one run cannot separate a gain from noise.
+    For ``name="baseline"`` it states the teacher-student gap that distillation sets out to close. With ``pair``
+    (the paired difference over seeds, ``comparison_rows``' ``"pair"``) the verdict is its interval's; with one
+    seed there is no interval, and the sentence says that one run cannot separate a gain from noise. Runs that
+    trained on different machines get no verdict.
     """
     f1 = {n: r.test["f1"] for n, r in runs.items()}
     if name == "baseline":
@@ -124,17 +133,26 @@ def conclusion(runs: Runs, name: str, gain: PairedGain | None = None) -> str:
     if epochs[0] != epochs[1]:
         teacher += (f"; the {reference} trained {epochs[1]} epochs and this run {epochs[0]}, so the difference mixes "
                     "the method with the longer schedule")  # fmt: skip
+    evidence = evidence or Evidence(list(runs.values()))
+    confound = pair.confound if isinstance(pair, PairGain) else evidence.confound([runs[name]], [runs[reference]])
+    gain = pair.primary if isinstance(pair, PairGain) else pair
+    machines = (
+        f"; they trained on different machines ({confound}), so even many seeds would not separate the method from the machine"
+        if confound
+        else ""
+    )
     if gain is None or gain.n < 2:
         diff = f1[name] - f1[reference]
         return (
             f"{label(name, runs[name])}: test macro F1 {f1[name]:.4f} vs {reference} {f1[reference]:.4f} "
             f"({diff:+.4f}) from one seed, which gives no interval: a single run cannot tell this difference from "
-            f"seed-to-seed noise{teacher}."
+            f"seed-to-seed noise{machines}{teacher}."
         )
-    return f"{label(name, runs[name])} vs {reference}: {gain_sentence(gain)}{teacher}."
+    return f"{label(name, runs[name])} vs {reference}: {gain_sentence(gain, confound)}{teacher}."
 
 
-def gain_sentence(gain: PairedGain) -> str:
+def gain_sentence(gain: PairedGain, confound: str | None = None) -> str:
+    """The paired difference, its interval(s) and what they allow to say."""
     verdict = {
         "within noise": "within noise (the interval contains 0)",
         "gain": "a real gain (the interval excludes 0)",
@@ -143,8 +161,11 @@ def gain_sentence(gain: PairedGain) -> str:
         gain.verdict(),
         f"{VERDICTS[gain.verdict()]} (Holm p {gain.p_holm:.3f})" if gain.p_holm else VERDICTS[gain.verdict()],
     )
+    if confound:
+        verdict = f"no verdict: {confound}"
+    what = "over seeds and test images" if isinstance(gain, TwoLevelGain) else "over seeds"
     return (
-        f"paired macro-F1 difference {gain.mean:+.4f} over {gain.n} seeds, 95% interval "
+        f"paired macro-F1 difference {gain.mean:+.4f} over {gain.n} seeds, 95% interval {what} "
         f"[{gain.low:+.4f}, {gain.high:+.4f}]: {verdict}"
     )
 
@@ -166,9 +187,11 @@ def reference_for(name: str, runs: dict[str, list[RunRecord]]) -> str | None:
     return None
 
 
-def comparison_rows(grouped: Grouped) -> list[dict]:
-    """Per student run: mean and std of accuracy and F1 over seeds, the paired F1 gain against its baseline
-    with a 95% t-interval, Holm-adjusted p-values across the runs sharing a baseline, McNemar per seed."""
+def comparison_rows(grouped: Grouped, evidence: Evidence | None = None) -> list[dict]:
+    """Per student run: mean and std of accuracy and F1 over seeds; against its labels-only run, the paired F1
+    gain with the seed-only t-interval and the interval over seeds and test images, Holm-adjusted p-values
+    (across the unconfounded runs sharing that baseline), McNemar per seed, and the confound if any."""
+    evidence = evidence or Evidence([r for seeds in grouped.values() for r in seeds.values()])
     by_name = {name: list(seeds.values()) for name, seeds in grouped.items()}
     rows = []
     for name, seeds in grouped.items():
@@ -177,22 +200,26 @@ def comparison_rows(grouped: Grouped) -> list[dict]:
         acc = mean_std([r.test["accuracy"] for r in seeds.values()])
         f1 = mean_std([r.test["f1"] for r in seeds.values()])
         row = {"name": name, "seeds": list(seeds), "accuracy": acc, "f1": f1, "reference": None, "gain": None,
-               "mcnemar": [], "record": first_record(seeds)}  # fmt: skip
+               "pair": None, "mcnemar": [], "record": first_record(seeds)}  # fmt: skip
         reference = reference_for(name, by_name)
-        if reference is not None:
-            common = [s for s in seeds if s in grouped[reference]]
-            if common:
-                row["reference"] = reference
-                row["gain"] = paired_gain([seeds[s].test["f1"] for s in common],
-                                          [grouped[reference][s].test["f1"] for s in common])  # fmt: skip
-                row["mcnemar"] = [seed_mcnemar(seeds[s], grouped[reference][s]) for s in common]
+        pair = evidence.gain(seeds, grouped[reference]) if reference is not None else None
+        if pair is not None:
+            row.update(reference=reference, pair=pair, gain=pair.primary)
+            row["mcnemar"] = [seed_mcnemar(seeds[s], grouped[reference][s]) for s in pair.seeds]
         rows.append(row)
     for reference in {r["reference"] for r in rows if r["reference"]}:
-        family = [r for r in rows if r["reference"] == reference]
+        family = [r for r in rows if r["reference"] == reference and not r["pair"].confound]
         adjusted = holm({r["name"]: r["gain"].p_value for r in family})
         for r in family:
             r["gain"].p_holm = adjusted[r["name"]]
     return rows
+
+
+def verdict(row: dict) -> str:
+    """What the table says of a run against its baseline: the confound, else the interval's verdict."""
+    if row["pair"] is None:
+        return ""
+    return row["pair"].confound or VERDICTS[row["gain"].verdict()]
 
 
 def seed_mcnemar(a: RunRecord, b: RunRecord) -> float | None:
@@ -208,19 +235,22 @@ def _pm(stat: tuple[float, float | None]) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
+def interval_text(gain: PairedGain | None) -> str:
+    return "" if gain is None or gain.low is None else f"[{gain.low:+.4f}, {gain.high:+.4f}]"
+
+
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown: mean ± sample std over seeds, the paired gain with its 95% interval, Holm p, McNemar, verdict."""
-    header = ("| run | seeds | accuracy | macro F1 | F1 gain vs its baseline [95% CI] | p (Holm) | McNemar p per seed "
-              "| verdict |")  # fmt: skip
+    """Markdown: mean ± sample std over seeds, the paired gain with both 95% intervals, Holm p, McNemar, verdict."""
+    header = ("| run | seeds | accuracy | macro F1 | F1 gain vs its baseline | 95% CI, seeds only | 95% CI, seeds and "
+              "test images | p (Holm) | McNemar p per seed | verdict |")  # fmt: skip
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
-        gain, verdict, interval, p = row["gain"], "", "", ""
-        if gain is not None:
-            interval = f"{gain.mean:+.4f}" + (f" [{gain.low:+.4f}, {gain.high:+.4f}]" if gain.low is not None else "")
-            p = f"{gain.p_holm:.3f}" if gain.p_holm is not None else ""
-            verdict = VERDICTS[gain.verdict()]
+        pair, mean, t, both, p = row["pair"], "", "", "", ""
+        if pair is not None:
+            mean, t, both = f"{pair.t.mean:+.4f}", interval_text(pair.t), interval_text(pair.combined)
+            p = f"{row['gain'].p_holm:.3f}" if row["gain"].p_holm is not None else ""
         mc = ", ".join(f"{v:.3f}" for v in row["mcnemar"] if v is not None)
         name = label(row["name"], row["record"])
-        lines.append(f"| {name} | {len(row['seeds'])} | {_pm(row['accuracy'])} | {_pm(row['f1'])} | {interval} | {p} "
-                     f"| {mc} | {verdict} |")  # fmt: skip
+        lines.append(f"| {name} | {len(row['seeds'])} | {_pm(row['accuracy'])} | {_pm(row['f1'])} | {mean} | {t} | "
+                     f"{both} | {p} | {mc} | {verdict(row)} |")  # fmt: skip
     return "\n".join(lines)

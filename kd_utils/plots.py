@@ -395,3 +395,40 @@ def per_class_heatmap(values: dict[str, list[float]], classes: Sequence[str], ti
     ax.set(title=title)
     fig.tight_layout()
     return fig
+
+
+def pairwise_matrix(
+    names: Sequence[str], gains: np.ndarray, verdicts: np.ndarray, title: str = "", ax=None
+) -> plt.Figure:
+    """Pairwise gains, row minus column, as a diverging heatmap centred on 0 (blue: the row is better).
+
+    ``verdicts[i, j]``: 1 when the row beats the column (interval over seeds and test images above 0, Holm p <
+    0.05), -1 when the column beats the row, 0 when they cannot be told apart, NaN when there is no verdict (the
+    two trained on different machines): those cells are hatched grey and show no number of a comparison.
+    """
+    n = len(names)
+    fig, ax = _figure_and_axes(ax, (1.0 + 0.62 * n, 0.8 + 0.5 * n))
+    shown = np.where(np.isnan(verdicts), np.nan, gains)
+    limit = float(np.nanmax(np.abs(shown))) if np.isfinite(shown).any() else 1.0
+    image = ax.imshow(shown, cmap="RdBu", vmin=-limit, vmax=limit)
+    for i in range(n):
+        for j in range(n):
+            if i == j:
+                continue
+            if np.isnan(verdicts[i, j]):
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.85", hatch="//", edgecolor="0.6"))
+                continue
+            mark = "*" if verdicts[i, j] != 0 else ""
+            ax.text(j, i, f"{gains[i, j] * 100:+.2f}{mark}", ha="center", va="center", fontsize=7,
+                    fontweight="bold" if mark else "normal")  # fmt: skip
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    bar = fig.colorbar(image, ax=ax, fraction=0.04)
+    bar.set_label("row minus column, test macro F1 (x 100 in the cells)")
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", label="* told apart (Holm p < 0.05)"),
+        plt.Rectangle((0, 0), 1, 1, facecolor="0.85", hatch="//", edgecolor="0.6", label="no verdict: other machines"),
+    ]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.35), ncol=2, fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=9)
+    return fig

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,18 @@ class RunRecord:
         n = sum(map(sum, self.test["confusion_matrix"]))
         return decode_correct(self.test["correct"], n)
 
+    def predictions(self) -> np.ndarray | None:
+        """The selected epoch's class predictions on the test images, in test-set order (None when not stored)."""
+        if not self.test or "predictions" not in self.test:
+            return None
+        return decode_predictions(self.test["predictions"], sum(map(sum, self.test["confusion_matrix"])))
+
+    def test_labels(self) -> np.ndarray | None:
+        """The test images' true labels, when the record stores them (records since 2026-12-01)."""
+        if not self.test or "labels" not in self.test:
+            return None
+        return decode_predictions(self.test["labels"], sum(map(sum, self.test["confusion_matrix"])))
+
     def get(self, key: str, default: Any = None) -> Any:
         """A stored key outside the typed fields (``data_sizes``, ``environment``, ``time_to_target``, ...)."""
         return self.extra.get(key, default)
@@ -211,16 +223,15 @@ def _legacy_role(experiment: str, name: str) -> str:
 
 def _segments(stored: Mapping) -> tuple[Segment, ...]:
     """Where a run trained: the stored ``trained_on`` list, else ``environment["hardware"]`` ("a + b" for a run
-    resumed elsewhere). An old record's precision is that of the machine that made it, so it is taken only when
-    that machine also trained the run."""
+    resumed elsewhere). An old record's precision is that of the machine that made it (``evaluated_on`` when it
+    is not the one that trained), so it is given only to the segments that trained on that machine."""
     if isinstance(stored.get("trained_on"), list):
         return tuple(Segment(**s) for s in stored["trained_on"])
     env = stored.get("environment") or {}
     labels = env.get("hardware", UNKNOWN).split(" + ")
-    same_machine = "evaluated_on" not in env
-    return tuple(
-        parse_segment(label, env.get("torch"), env.get("precision") if same_machine else None) for label in labels
-    )
+    maker = parse_segment(env.get("evaluated_on", labels[-1])).hardware  # the machine whose precision is recorded
+    segments = [parse_segment(label, env.get("torch")) for label in labels]
+    return tuple(replace(s, precision=env.get("precision")) if s.hardware == maker else s for s in segments)
 
 
 def run_settings(config: Mapping) -> dict:
@@ -256,6 +267,13 @@ def encode_predictions(predictions: torch.Tensor) -> str:
 def encode_correct(correct: torch.Tensor) -> str:
     """Per-image correctness as base64 of packed bits (10,000 images in ~1.7 kB): what McNemar's test needs."""
     return base64.b64encode(np.packbits(correct.numpy().astype(bool)).tobytes()).decode()
+
+
+def decode_predictions(text: str, n: int) -> np.ndarray:
+    """The inverse of ``encode_predictions`` (uint8, or uint16 when the bytes say so)."""
+    raw = base64.b64decode(text)
+    dtype = np.uint8 if len(raw) == n else np.uint16
+    return np.frombuffer(raw, dtype=dtype)[:n].astype(np.int64)
 
 
 def decode_correct(text: str, n: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 from scipy import stats as sps
 
 from . import plots
@@ -38,9 +39,11 @@ from .comparison import (  # noqa: F401 - the notebooks read the comparison thro
 )
 from .datasets import dataset_info
 from .distill import STUDENT_METHODS
-from .records import RunRecord, read_records
-from .results import load_records
-from .stats import PairedGain, mean_std
+from .evidence import Evidence
+from .ranking import Family, findings, rank, ranking_table
+from .records import RunRecord, decode_predictions, encode_predictions, read_records
+from .results import atomic_write, load_records
+from .stats import mean_std
 
 
 def metric_rows(runs: Runs) -> list[dict]:
@@ -229,35 +232,112 @@ def provenance(runs: Runs, all_runs: list[RunRecord] | None = None) -> str:
     )
 
 
-def section(runs: Runs, key: str, gains: dict[str, PairedGain | None] | None = None) -> str | None:
+def section(runs: Runs, key: str, pairs: dict | None = None, evidence: Evidence | None = None) -> str | None:
     """A README section's table (lowest seed) and conclusion (over every seed); None while its run is missing."""
     names = SECTIONS[key]
     subject = "baseline" if key == "baselines" else names[-1]
-    if subject not in runs or "baseline" not in runs:
+    if subject not in runs or "baseline" not in runs or (key == "baselines" and "teacher" not in runs):
         return None
     chosen = {n: runs[n] for n in names if n in runs}
-    return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject, (gains or {}).get(subject))}"
+    return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject, (pairs or {}).get(subject), evidence)}"
 
 
-def readme_blocks(records: list[RunRecord], dataset: str) -> dict[str, str]:
+def family_title(family: Family, grouped: Grouped) -> str:
+    r = first_record(grouped[family.names[0]])
+    labels = "all labels" if r.labeled_fraction >= 1 else f"{100 * r.labeled_fraction:g}% of the labels"
+    seeds = sorted({s for n in family.names for s in grouped[n]})
+    return f"{r.epochs} epochs, {labels}, seeds {', '.join(map(str, seeds))}"
+
+
+def findings_text(rows: list[dict], families: list[Family], grouped: Grouped) -> str:
+    """The verdicts as sentences the code writes: each run against labels alone, then each family's pairs."""
+    lines = ["Against labels alone (each run paired by seed with the labels-only run of its length and budget):", ""]
+    for row in rows:
+        if row["pair"] is not None and row["gain"].n >= 2:
+            lines.append(f"- {label(row['name'], row['record'])} vs {row['reference']}: "
+                         f"{gain_sentence(row['gain'], row['pair'].confound)}.")  # fmt: skip
+    for family in families:
+        lines += ["", f"Between the runs of {family_title(family, grouped)}:", ""]
+        lines += [f"- {line}" for line in findings(family, grouped)]
+    return "\n".join(lines)
+
+
+def readme_blocks(records: list[RunRecord], dataset: str, labels: np.ndarray | None = None) -> dict[str, str]:
     """Every README block this dataset's runs can fill: the full table (with its provenance), each section,
-    and the comparison over seeds."""
+    the comparison with labels alone, the ranking of each family of runs, and the findings in sentences.
+    ``labels``: the test labels, for records that predate storing them (``test-labels.json``)."""
     grouped = group_runs(records)
     runs = {name: seeds[min(seeds)] for name, seeds in grouped.items()}
     if not runs:
         return {}
-    rows = comparison_rows(grouped)
-    gains = {row["name"]: row["gain"] for row in rows}
+    evidence = Evidence(read_records(records), labels)
+    rows = comparison_rows(grouped, evidence)
+    pairs = {row["name"]: row["pair"] for row in rows}
     blocks = {f"results:{dataset}": f"{markdown_table(runs)}\n\n{provenance(runs, records)}"}
     for key in SECTIONS:
-        body = section(runs, key, gains)
+        body = section(runs, key, pairs, evidence)
         if body is not None:
             blocks[f"results:{dataset}:{key}"] = body
     blocks[f"results:{dataset}:comparison"] = f"{comparison_table(rows)}\n\n{provenance(runs, records)}"
+    families = rank(grouped, evidence)
+    if families:
+        blocks[f"results:{dataset}:ranking"] = "\n\n".join(
+            f"**{family_title(f, grouped)}**\n\n{ranking_table(f, grouped)}" for f in families
+        )
+    blocks[f"results:{dataset}:findings"] = findings_text(rows, families, grouped)
     per_class = per_class_gain_table(compared_runs(records))
     if per_class is not None:
         blocks[f"results:{dataset}:per-class"] = per_class
     return blocks
+
+
+def pairwise_figure(records: list[RunRecord], labels: np.ndarray | None = None) -> plt.Figure | None:
+    """The largest family's pairwise gains (row minus column), with the verdict of each pair."""
+    grouped = group_runs(records)
+    families = rank(grouped, Evidence(read_records(records), labels))
+    if not families:
+        return None
+    family = max(families, key=lambda f: len(f.names))
+    names = family.names
+    gains = np.zeros((len(names), len(names)))
+    verdicts = np.full((len(names), len(names)), np.nan)
+    for p in family.pairs:
+        i, j = names.index(p.a), names.index(p.b)
+        gains[i, j], gains[j, i] = p.gain.primary.mean, -p.gain.primary.mean
+        v = p.told_apart
+        if v is not None:
+            verdicts[i, j], verdicts[j, i] = (1, -1) if v else (0, 0)
+    shown = [label(n, first_record(grouped[n])) for n in names]
+    some = {n: first_record(grouped[n]) for n in names}
+    title = figure_title(some, f"pairwise test macro F1 gains, {family_title(family, grouped)}", wrap=True)
+    return plots.pairwise_matrix(shown, gains, verdicts, title)
+
+
+def test_labels_path(results_dir: str | Path, dataset: str) -> Path:
+    return Path(results_dir) / dataset / "test-labels.json"
+
+
+def stored_test_labels(results_dir: str | Path, dataset: str) -> np.ndarray | None:
+    """The labels ``store_test_labels`` wrote for this dataset's results, if any."""
+    path = test_labels_path(results_dir, dataset)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return decode_predictions(saved["labels"], saved["n"])
+
+
+def store_test_labels(dataset: str, results_dir: str | Path, data_dir: str | Path, test_size: int | None = None,
+                      split_seed: int = 0) -> Path:  # fmt: skip
+    """Write the test split's labels (as the runs saw it: ``--test-size``, ``--split-seed``) beside the dataset's
+    results, for records that predate storing them; the report uses them only where they agree with each
+    record's stored per-image correctness."""
+    from .data import DataConfig, prepare_data
+
+    cfg = DataConfig(dataset=dataset, data_dir=str(data_dir), download=False, test_size=test_size, seed=split_seed)
+    labels = prepare_data(cfg).test_y
+    saved = {"dataset": dataset, "test_size": test_size, "split_seed": split_seed, "n": len(labels),
+             "labels": encode_predictions(labels)}  # fmt: skip
+    return atomic_write(test_labels_path(results_dir, dataset), json.dumps(saved, indent=1) + "\n")
 
 
 def sweep_table(sweeps_dir: str | Path, link_from: str | Path | None = None) -> str | None:
@@ -367,7 +447,12 @@ def render_report(
             if fig is not None:
                 written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
                 plt.close(fig)
-        blocks.update(readme_blocks(records, dataset))
+        labels = stored_test_labels(results_dir, dataset)
+        fig = pairwise_figure(records, labels)
+        if fig is not None:
+            written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, "pairwise")))
+            plt.close(fig)
+        blocks.update(readme_blocks(records, dataset, labels))
         sweeps = sweep_table(runs_file.parent / "sweeps", Path(results_dir).absolute().parent)  # README's folder
         if sweeps is not None:
             blocks[f"results:{dataset}:sweeps"] = sweeps

@@ -140,6 +140,7 @@ def test_metrics(model: nn.Module, data: DataSplits, cfg: ExperimentConfig) -> d
     metrics = classification_metrics(data.test_y, predictions, data.info.classes)
     metrics["predictions"] = encode_predictions(predictions)
     metrics["correct"] = encode_correct(predictions == data.test_y)
+    metrics["labels"] = encode_predictions(data.test_y)  # what a bootstrap over test images resamples with them
     return metrics
 
 

@@ -242,7 +242,7 @@ def test_provenance_reads_the_machines_of_every_stored_layout():
         "cpu: AMD EPYC, 2 cores, torch 2.14.1",
     ]
     assert record.seed == 0 and record.role == "method"
-    assert {s.precision for s in record.trained_on} == {None}  # evaluated elsewhere: its precision says nothing
+    assert [s.precision for s in record.trained_on] == [None, "bfloat16"]  # the evaluating machine's, where it trained
     assert "cuda: NVIDIA H200 / cpu: AMD EPYC, 2 cores, torch 2.14.1, 2.11.0;" in provenance({"logit": record})
 
 
