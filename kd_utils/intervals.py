@@ -70,7 +70,11 @@ def weighted_accuracy(correct: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def two_level_gain(
-    method: np.ndarray, baseline: np.ndarray, method_boot: np.ndarray, baseline_boot: np.ndarray, confidence: float = 0.95
+    method: np.ndarray,
+    baseline: np.ndarray,
+    method_boot: np.ndarray,
+    baseline_boot: np.ndarray,
+    confidence: float = 0.95,
 ) -> TwoLevelGain:
     """The paired gain ``method - baseline`` over seeds with an interval counting seeds and test images.
 
@@ -97,6 +101,4 @@ def two_level_gain(
     half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
     p = float(2 * sps.t.sf(abs(mean) / se, df))
     se_images = math.sqrt(max(0.0, var_mean - h_part))  # var(g)/N alone, for the table
-    return TwoLevelGain(
-        n, mean, mean - half, mean + half, p, se_seeds=math.sqrt(v_seeds), se_images=se_images, df=df
-    )
+    return TwoLevelGain(n, mean, mean - half, mean + half, p, se_seeds=math.sqrt(v_seeds), se_images=se_images, df=df)
