@@ -118,6 +118,8 @@ def export_config(args: argparse.Namespace) -> str:
 
 
 def run_command(args: argparse.Namespace, prog: str) -> None:
+    if args.experiment not in EXPERIMENT_CHOICES:  # a --config file's value passes argparse's choices unchecked
+        raise ValueError(f"--experiment {args.experiment!r}: choose from: {', '.join(EXPERIMENT_CHOICES)}")
     cfg = config_from_args(args)
     check_results_path(args.results_path)
     final_epochs = args.final_epochs if args.experiment == "study" else None
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         elif args.command == "sweep":
             sweep_command(args)
         elif args.command == "test-labels":
-            from .report import store_test_labels
+            from .evidence import store_test_labels
 
             path = store_test_labels(args.dataset, args.results_dir, args.data_dir, args.test_size, args.split_seed)
             print(f"test labels written to {path}")
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return fail(parser.prog, str(err), 2)
     except NonFiniteLossError as err:
         return fail(parser.prog, f"run diverged: {err}; lower --lr (or the loss weights) and run again", 3)
+    except OSError as err:  # a full disk, a folder that vanished or turned read-only mid-run
+        return fail(parser.prog, f"could not write or read {err.filename or 'a file'}: {err.strerror or err}; "
+                    "nothing half-written was kept (every write is atomic)", 2)  # fmt: skip
     except KeyboardInterrupt:
         return fail(parser.prog, "interrupted; finished runs are saved, --resume continues the others", INTERRUPTED)
     return 0

@@ -64,6 +64,12 @@ class ExperimentConfig:
             raise ValueError(f"--teacher-random-erasing {self.teacher_random_erasing}: must be a probability in [0, 1]")
         if self.teacher_epochs < 1:
             raise ValueError(f"--teacher-epochs {self.teacher_epochs}: must be >= 1")
+        if not self.checkpoint_dir:
+            raise ValueError("--checkpoint-dir '': give the folder for the teacher cache and run checkpoints")
+        for flag, value in (("--teacher-checkpoint", self.teacher_checkpoint), ("--student-checkpoint",
+                            self.student_checkpoint), ("--tensorboard", self.tensorboard)):  # fmt: skip
+            if value == "":
+                raise ValueError(f"{flag} '': give a path, or leave the option out")
 
 
 # --- flags ------------------------------------------------------------------------------------------------
@@ -177,7 +183,11 @@ def read_toml(path: str | Path) -> dict[str, object]:
 
     The keys ``experiment``, ``seeds`` and ``final-epochs`` (run options, not config fields) pass through.
     """
+    if not str(path):
+        raise ValueError("--config '': give a TOML file")
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"--config {path}: not a regular file; give a TOML file")
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -188,7 +198,7 @@ def read_toml(path: str | Path) -> dict[str, object]:
     for key, value in raw.items():
         name = key.replace("_", "-")
         if name in RUN_OPTIONS:
-            values[name] = value
+            values[name] = check_run_option(path, name, value)
         elif name in FLAGS:
             values[name] = check_type(name, value)
         else:
@@ -196,7 +206,24 @@ def read_toml(path: str | Path) -> dict[str, object]:
     return values
 
 
-RUN_OPTIONS = ("experiment", "seeds", "final-epochs")
+RUN_OPTIONS = ("experiment", "seeds", "final-epochs", "results-path")
+
+
+def check_run_option(path: Path, name: str, value: object) -> object:
+    """A ``run`` option read from TOML, checked for its type (the CLI checks the experiment's name)."""
+    ok = {
+        "experiment": isinstance(value, str),
+        "seeds": isinstance(value, list) and bool(value) and all(type(v) is int and v >= 0 for v in value),
+        "final-epochs": type(value) is int and value >= 1,
+        "results-path": isinstance(value, str) and bool(value),
+    }[name]
+    if not ok:
+        expected = {"experiment": 'a name, e.g. "logit"', "seeds": "a list of seeds >= 0, e.g. [0, 1, 2]",
+                    "final-epochs": "an integer >= 1", "results-path": 'a file name, e.g. "runs/results.json"'}  # fmt: skip
+        raise ValueError(
+            f"--config {path}: '{name} = {json.dumps(value)}' has the wrong type; expected {expected[name]}"
+        )
+    return value
 
 
 def to_toml(values: dict[str, object]) -> str:

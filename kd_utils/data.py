@@ -56,6 +56,10 @@ class DataConfig:
                            ("--test-size", self.test_size)):  # fmt: skip
             if size is not None and size < k:
                 raise ValueError(f"{flag} {size}: fewer images than the {k} classes need for a stratified split")
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise ValueError(f"--split-seed {self.seed}: must be in [0, {2**32 - 1}] (numpy's seed range)")
+        if not self.data_dir:
+            raise ValueError("--data-dir '': give the folder that holds (or will hold) the datasets")
         fraction = self.labeled_fraction
         if not (math.isfinite(fraction) and 0 < fraction <= 1):
             raise ValueError(

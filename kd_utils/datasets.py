@@ -246,6 +246,8 @@ def cifar_batch_problem(batch: object, label_key: bytes, num_classes: int) -> st
     data, labels = batch[b"data"], batch[label_key]
     if not isinstance(data, np.ndarray):
         return f"b'data' is a {type(data).__name__}, not a numpy array"
+    if data.dtype == np.uint8 and (data.dtype.hasobject or data.dtype.fields is not None or data.dtype.str != "|u1"):
+        return f"b'data' has the dtype {data.dtype!r} (object fields or a forged descriptor), not plain uint8"
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != CIFAR_IMAGE_BYTES:
         return f"b'data' is a {data.dtype} array of shape {data.shape}, not uint8 of shape (N, {CIFAR_IMAGE_BYTES})"
     if len(data) == 0:
@@ -266,6 +268,8 @@ def read_cifar_batch(path: Path, label_key: bytes, num_classes: int, title: str)
     Every failure is a one-line ``ValueError`` naming the file, what is wrong and what to do.
     """
     fix = f"delete the folder {path.parent} and download {title} again"
+    if not path.is_file():  # a FIFO would block the read forever
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or socket); {fix}")
     with open(path, "rb") as f:
         try:
             batch = CifarUnpickler(f).load()

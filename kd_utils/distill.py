@@ -51,6 +51,8 @@ from .losses import (
 # ``shaping_dict`` there, so the run folders named by its hash keep their names.
 NO_OP_DEFAULTS = {"dkd_warmup_epochs": 0}
 
+MAX_TEMPERATURE = 1000.0  # T^2 scales the soft-target terms; far past any paper's T (1-20), it would overflow
+
 
 @dataclass
 class DistillConfig:
@@ -85,10 +87,10 @@ class DistillConfig:
                     raise ValueError(f"--{flag(f.name)} {value}: must be a finite number")
         checks = [
             (0 <= self.alpha <= 1, "alpha", "must be in [0, 1]"),
-            (self.temperature > 0, "temperature", "must be > 0"),
-            (self.dist_temperature > 0, "dist_temperature", "must be > 0"),
+            (0 < self.temperature <= MAX_TEMPERATURE, "temperature", f"must be in (0, {MAX_TEMPERATURE:g}]"),
+            (0 < self.dist_temperature <= MAX_TEMPERATURE, "dist_temperature", f"must be in (0, {MAX_TEMPERATURE:g}]"),
             (self.at_p >= 1, "at_p", "must be >= 1 (the attention map's gradient is infinite at 0 below 1)"),
-            (self.spatial_size >= 1, "spatial_size", "must be >= 1"),
+            (self.spatial_size >= 1, "spatial_size", "must be >= 1 (and at most the smallest matched map's side)"),
             (self.hint_epochs >= 1, "hint_epochs", "must be >= 1"),
             (self.dkd_warmup_epochs >= 0, "dkd_warmup_epochs", "must be >= 0 (0: no warm-up)"),
             (self.hint_level is None or self.hint_level >= 0, "hint_level", "must be >= 0"),

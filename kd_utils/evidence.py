@@ -10,13 +10,16 @@ autocast choice is a function of those three), else it counts as a class of its 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from .intervals import REPLICATES, TwoLevelGain, bootstrap_weights, two_level_gain, weighted_macro_f1
-from .records import RunRecord
+from .records import RunRecord, decode_predictions, encode_predictions
+from .results import atomic_write, strict_json
 from .stats import PairedGain, paired_gain
 
 
@@ -114,3 +117,30 @@ def precision_setting(record: RunRecord) -> str:
     """The run's ``--precision`` setting ("auto", "bf16", ...)."""
     train = record.config.get("train", record.config)
     return str(train.get("precision", "auto"))
+
+
+def test_labels_path(results_dir: str | Path, dataset: str) -> Path:
+    return Path(results_dir) / dataset / "test-labels.json"
+
+
+def stored_test_labels(results_dir: str | Path, dataset: str) -> np.ndarray | None:
+    """The labels ``store_test_labels`` wrote for this dataset's results, if any."""
+    path = test_labels_path(results_dir, dataset)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return decode_predictions(saved["labels"], saved["n"])
+
+
+def store_test_labels(dataset: str, results_dir: str | Path, data_dir: str | Path, test_size: int | None = None,
+                      split_seed: int = 0) -> Path:  # fmt: skip
+    """Write the test split's labels (as the runs saw it: ``--test-size``, ``--split-seed``) beside the dataset's
+    results, for records that predate storing them; the report uses them only where they agree with each
+    record's stored per-image correctness."""
+    from .data import DataConfig, prepare_data
+
+    cfg = DataConfig(dataset=dataset, data_dir=str(data_dir), download=False, test_size=test_size, seed=split_seed)
+    labels = prepare_data(cfg).test_y
+    saved = {"dataset": dataset, "test_size": test_size, "split_seed": split_seed, "n": len(labels),
+             "labels": encode_predictions(labels)}  # fmt: skip
+    return atomic_write(test_labels_path(results_dir, dataset), strict_json(saved, indent=1) + "\n")

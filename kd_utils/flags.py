@@ -77,7 +77,7 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> 
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv[1:])
     command = parser._subparsers._group_actions[0].choices[argv[0]]  # noqa: SLF001 - argparse offers no getter
-    if known.config:
+    if known.config is not None:  # --config '' too: read_toml refuses it
         values = read_toml(known.config)  # ValueError -> exit 2 in main
         command.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})
     return parser.parse_args(argv)

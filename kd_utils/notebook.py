@@ -33,7 +33,7 @@ from .config import ExperimentConfig, from_flags
 from .datasets import DATASETS, dataset_info
 from .models import build_model, count_parameters
 from .records import RunRecord
-from .results import LOCK_TIMEOUT_S, append_run, atomic_write
+from .results import LOCK_TIMEOUT_S, append_run, atomic_write, strict_json
 from .study import FINAL_EPOCHS, STUDY_EPOCHS, STUDY_SEEDS, STUDY_TEACHER
 from .train import PRECISIONS, device_name, resolve_device, resolve_precision
 
@@ -285,7 +285,7 @@ def finish(session: Session, log: Callable[[str], None] | None = print) -> dict:
     with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
         runs = json.loads(path.read_text())["notebooks"] if path.exists() else {}
         runs[session.notebook] = entry
-        atomic_write(path, json.dumps({"notebooks": dict(sorted(runs.items()))}, indent=1) + "\n")
+        atomic_write(path, strict_json({"notebooks": dict(sorted(runs.items()))}, indent=1) + "\n")
     if log:
         log(f"notebook wall time: {seconds:.0f} s | profile: {session.profile} | device: {entry['device']}")
     return entry

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from .comparison import Grouped, first_record, interval_text, label
+from .comparison import Grouped, first_record, gain_sentence, interval_text, label
 from .evidence import Evidence, PairGain
 from .stats import holm
 
@@ -177,3 +177,41 @@ def findings(family: Family, grouped: Grouped) -> list[str]:
             f"{shown}{more}, validation the other way round."
         )
     return lines
+
+
+def family_title(family: Family, grouped: Grouped) -> str:
+    r = first_record(grouped[family.names[0]])
+    labels = "all labels" if r.labeled_fraction >= 1 else f"{100 * r.labeled_fraction:g}% of the labels"
+    seeds = sorted({s for n in family.names for s in grouped[n]})
+    return f"{r.epochs} epochs, {labels}, seeds {', '.join(map(str, seeds))}"
+
+
+def findings_text(rows: list[dict], families: list[Family], grouped: Grouped) -> str:
+    """The verdicts as sentences the code writes: each run against labels alone, then each family's pairs."""
+    lines = ["Against labels alone (each run paired by seed with the labels-only run of its length and budget):", ""]
+    for row in rows:
+        if row["pair"] is not None and row["gain"].n >= 2:
+            lines.append(f"- {label(row['name'], row['record'])} vs {row['reference']}: "
+                         f"{gain_sentence(row['gain'], row['pair'].confound)}.")  # fmt: skip
+    for family in families:
+        lines += ["", f"Between the runs of {family_title(family, grouped)}:", ""]
+        lines += [f"- {line}" for line in findings(family, grouped)]
+    return "\n".join(lines)
+
+
+def pairs_table(family: Family, grouped: Grouped) -> str:
+    """Markdown: every pair of the family with both 95% intervals, Holm's p and what it allows to say."""
+    lines = [
+        "| higher | lower | gain | 95% CI, seeds only | 95% CI, seeds and test images | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in family.pairs:
+        g = p.gain.primary
+        holm_p = p_text(g.p_holm) if g.p_holm is not None else ""
+        verdict = p.gain.confound or {True: "told apart", False: "cannot be told apart", None: "one seed"}[p.told_apart]
+        lines.append(
+            f"| {label(p.a, first_record(grouped[p.a]))} | {label(p.b, first_record(grouped[p.b]))} | "
+            f"{p.gain.t.mean:+.4f} | {interval_text(p.gain.t)} | {interval_text(p.gain.combined)} | {holm_p} | "
+            f"{verdict} |"
+        )
+    return "\n".join(lines)

@@ -9,9 +9,10 @@ re-render are byte-identical (PNG written without volatile metadata).
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +39,10 @@ from .comparison import (  # noqa: F401 - the notebooks read the comparison thro
     reference_for,
 )
 from .datasets import dataset_info
-from .distill import STUDENT_METHODS
-from .evidence import Evidence
-from .ranking import Family, findings, rank, ranking_table
-from .records import RunRecord, decode_predictions, encode_predictions, read_records
+from .evidence import Evidence, stored_test_labels
+from .provenance import notebook_times, provenance, sweep_table  # noqa: F401 - read through the report
+from .ranking import family_title, findings_text, pairs_table, rank, ranking_table
+from .records import RunRecord, read_records
 from .results import atomic_write, load_records
 from .stats import mean_std
 
@@ -213,25 +214,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {  # README block ``results:<dataset>:<se
 }
 
 
-def provenance(runs: Runs, all_runs: list[RunRecord] | None = None) -> str:
-    """Where the numbers come from: dataset, split sizes, seeds, the machines that trained the runs, torch (of
-    the evaluating machines and the training ones), and when the runs were recorded."""
-    first = next(iter(runs.values()))
-    sizes = first.get("data_sizes", {})
-    segments = [s for r in runs.values() for s in r.trained_on]
-    hardware = " / ".join(dict.fromkeys(s.hardware for s in segments))
-    evaluated = [(r.get("environment") or {}).get("torch", "?") for r in runs.values()]
-    torch_versions = ", ".join(dict.fromkeys([*evaluated, *(s.torch for s in segments if s.torch)]))
-    dates = sorted(r.timestamp[:10] for r in runs.values() if r.timestamp)
-    when = f"{dates[0]} to {dates[-1]}" if dates and dates[0] != dates[-1] else (dates[0] if dates else "unknown")
-    split = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
-    seeds = sorted({r.seed for r in all_runs}) if all_runs else [first.seed]
-    seed_text = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
-    return (
-        f"Measured on {first.dataset} ({split}), {seed_text}, {hardware}, torch {torch_versions}; runs recorded {when}."
-    )
-
-
 def section(runs: Runs, key: str, pairs: dict | None = None, evidence: Evidence | None = None) -> str | None:
     """A README section's table (lowest seed) and conclusion (over every seed); None while its run is missing."""
     names = SECTIONS[key]
@@ -240,26 +222,6 @@ def section(runs: Runs, key: str, pairs: dict | None = None, evidence: Evidence 
         return None
     chosen = {n: runs[n] for n in names if n in runs}
     return f"{markdown_table(chosen)}\n\n{conclusion(chosen, subject, (pairs or {}).get(subject), evidence)}"
-
-
-def family_title(family: Family, grouped: Grouped) -> str:
-    r = first_record(grouped[family.names[0]])
-    labels = "all labels" if r.labeled_fraction >= 1 else f"{100 * r.labeled_fraction:g}% of the labels"
-    seeds = sorted({s for n in family.names for s in grouped[n]})
-    return f"{r.epochs} epochs, {labels}, seeds {', '.join(map(str, seeds))}"
-
-
-def findings_text(rows: list[dict], families: list[Family], grouped: Grouped) -> str:
-    """The verdicts as sentences the code writes: each run against labels alone, then each family's pairs."""
-    lines = ["Against labels alone (each run paired by seed with the labels-only run of its length and budget):", ""]
-    for row in rows:
-        if row["pair"] is not None and row["gain"].n >= 2:
-            lines.append(f"- {label(row['name'], row['record'])} vs {row['reference']}: "
-                         f"{gain_sentence(row['gain'], row['pair'].confound)}.")  # fmt: skip
-    for family in families:
-        lines += ["", f"Between the runs of {family_title(family, grouped)}:", ""]
-        lines += [f"- {line}" for line in findings(family, grouped)]
-    return "\n".join(lines)
 
 
 def readme_blocks(records: list[RunRecord], dataset: str, labels: np.ndarray | None = None) -> dict[str, str]:
@@ -283,6 +245,9 @@ def readme_blocks(records: list[RunRecord], dataset: str, labels: np.ndarray | N
     if families:
         blocks[f"results:{dataset}:ranking"] = "\n\n".join(
             f"**{family_title(f, grouped)}**\n\n{ranking_table(f, grouped)}" for f in families
+        )
+        blocks[f"results:{dataset}:pairs"] = "\n\n".join(
+            f"**{family_title(f, grouped)}**\n\n{pairs_table(f, grouped)}" for f in families
         )
     blocks[f"results:{dataset}:findings"] = findings_text(rows, families, grouped)
     per_class = per_class_gain_table(compared_runs(records))
@@ -313,72 +278,6 @@ def pairwise_figure(records: list[RunRecord], labels: np.ndarray | None = None) 
     return plots.pairwise_matrix(shown, gains, verdicts, title)
 
 
-def test_labels_path(results_dir: str | Path, dataset: str) -> Path:
-    return Path(results_dir) / dataset / "test-labels.json"
-
-
-def stored_test_labels(results_dir: str | Path, dataset: str) -> np.ndarray | None:
-    """The labels ``store_test_labels`` wrote for this dataset's results, if any."""
-    path = test_labels_path(results_dir, dataset)
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    return decode_predictions(saved["labels"], saved["n"])
-
-
-def store_test_labels(dataset: str, results_dir: str | Path, data_dir: str | Path, test_size: int | None = None,
-                      split_seed: int = 0) -> Path:  # fmt: skip
-    """Write the test split's labels (as the runs saw it: ``--test-size``, ``--split-seed``) beside the dataset's
-    results, for records that predate storing them; the report uses them only where they agree with each
-    record's stored per-image correctness."""
-    from .data import DataConfig, prepare_data
-
-    cfg = DataConfig(dataset=dataset, data_dir=str(data_dir), download=False, test_size=test_size, seed=split_seed)
-    labels = prepare_data(cfg).test_y
-    saved = {"dataset": dataset, "test_size": test_size, "split_seed": split_seed, "n": len(labels),
-             "labels": encode_predictions(labels)}  # fmt: skip
-    return atomic_write(test_labels_path(results_dir, dataset), json.dumps(saved, indent=1) + "\n")
-
-
-def sweep_table(sweeps_dir: str | Path, link_from: str | Path | None = None) -> str | None:
-    """One row per sweep saved under ``sweeps_dir`` (``python -m kd_utils sweep``): its trials, what it searched,
-    the setting it chose by validation macro F1, and that setting's test F1, read once after the choice.
-
-    ``link_from`` (the README's folder) makes each method a link to its validation-F1 map.
-    """
-    rows = []
-    for path in sorted(Path(sweeps_dir).glob("*.json")) if Path(sweeps_dir).is_dir() else []:
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(saved, dict) or not {"trials", "space", "method"} <= saved.keys():
-            continue  # a results file (the tuned run), not a sweep's trials
-        done = [t for t in saved["trials"] if t["state"] == "COMPLETE"]
-        best = next((t for t in done if t["number"] == saved.get("best_trial")), None)
-        if best is None:
-            continue
-        scored = path.with_name(f"{path.stem}-best.json")  # the chosen trial's run, with its test metrics
-        tuned = [r for r in load_records(scored) if (r.get("sweep") or {}).get("trial") == best["number"]]
-        test = f"{tuned[-1].test['f1']:.4f}" if tuned else "not scored yet"
-        method = saved["method"]
-        picture = path.with_suffix(".png")
-        if link_from is not None and picture.exists():
-            method = f"[{method}]({Path(os.path.relpath(picture.absolute(), link_from)).as_posix()})"
-        chosen = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best["params"].items())
-        scores = [t["best_val_f1"] for t in done]
-        hours = sum(t.get("seconds") or 0 for t in saved["trials"]) / 3600
-        order = STUDENT_METHODS.index(saved["method"]) if saved["method"] in STUDENT_METHODS else len(STUDENT_METHODS)
-        rows.append((order, f"| {method} | {len(done)} | {', '.join(f'{k} {v}' for k, v in saved['space'].items())} | "
-                            f"{chosen} | {best['best_val_f1']:.4f} | {min(scores):.4f} – {max(scores):.4f} | {test} | "
-                            f"{hours:.2f} |"))  # fmt: skip
-    if not rows:
-        return None
-    header = ("| method | trials | searched | chosen by validation F1 | its val F1 | val F1 of the trials | its test F1 "
-              "| trial hours |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
-    return "\n".join([header, *(row for _, row in sorted(rows, key=lambda r: r[0]))])
-
-
 def replace_block(text: str, key: str, body: str) -> str:
     """Replace what stands between ``<!-- key:start -->`` and ``<!-- key:end -->`` (markers kept)."""
     pattern = re.compile(rf"(<!-- {re.escape(key)}:start -->\n).*?(<!-- {re.escape(key)}:end -->)", re.S)
@@ -405,22 +304,14 @@ def render_samples(dataset: str, pictures: Path, data_dir: str | Path = "data", 
     return written
 
 
-def notebook_times(results_dir: str | Path) -> str | None:
-    """A table of the notebooks' stored runs (profile, dataset, device, precision, start, wall time), from the
-    ``<results>/<dataset>/notebooks.json`` that each notebook's last cell writes."""
-    rows = []
-    for path in sorted(Path(results_dir).glob("*/notebooks.json")):
-        entries = json.loads(path.read_text())
-        entries = entries.get("notebooks", entries) if isinstance(entries, dict) else entries
-        for e in sorted(entries if isinstance(entries, list) else entries.values(), key=lambda e: e["notebook"]):
-            rows.append(
-                f"| `{e['notebook']}` | {e['profile']} | {e['dataset']} | {e['device']} | {e['precision']} | "
-                f"{e['started']} | {e['wall_seconds'] / 60:.1f} |"
-            )
-    if not rows:
-        return None
-    header = "| notebook | profile | dataset | device | precision | started | wall time (min) |\n|---|---|---|---|---|---|---|"
-    return "\n".join([header, *rows])
+def check_report_paths(results_dir: Path, pictures: Path, readme: Path | None) -> None:
+    """One-line errors for paths the report cannot use, before anything is drawn."""
+    if not results_dir.is_dir():
+        raise ValueError(f"--results-dir {results_dir}: not a folder; give the folder that holds <dataset>/runs.json")
+    if pictures.exists() and not pictures.is_dir():
+        raise ValueError(f"--pictures-dir {pictures}: is a file, not a folder")
+    if readme is not None and readme.exists() and not readme.is_file():
+        raise ValueError(f"--readme {readme}: not a regular file; give the README whose results blocks are rewritten")
 
 
 def render_report(
@@ -429,42 +320,68 @@ def render_report(
     readme: str | Path | None = "README.md",
     data_dir: str | Path = "data",
 ) -> list[Path]:
-    """Re-render every figure and README table from ``results_dir/<dataset>/runs.json``; returns the files written."""
-    written, blocks = [], {}
-    for runs_file in sorted(Path(results_dir).glob("*/runs.json")):
-        dataset = runs_file.parent.name
-        dataset_info(dataset)
-        records = load_records(runs_file)
-        runs = latest_runs(records)
-        written += render_samples(dataset, Path(pictures), data_dir)
-        for figure in FIGURES:
-            fig = render_figure(figure, runs, dataset, Path(pictures))
-            if fig is not None:
-                written.append(figure_path(Path(pictures), dataset, figure))
-                plt.close(fig)
-        for figure, draw in SEED_FIGURES.items():
-            fig = draw(records)
-            if fig is not None:
-                written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, figure)))
-                plt.close(fig)
-        labels = stored_test_labels(results_dir, dataset)
-        fig = pairwise_figure(records, labels)
-        if fig is not None:
-            written.append(plots.save_figure(fig, figure_path(Path(pictures), dataset, "pairwise")))
-            plt.close(fig)
-        blocks.update(readme_blocks(records, dataset, labels))
-        sweeps = sweep_table(runs_file.parent / "sweeps", Path(results_dir).absolute().parent)  # README's folder
-        if sweeps is not None:
-            blocks[f"results:{dataset}:sweeps"] = sweeps
-    times = notebook_times(results_dir)
-    if times is not None:
-        blocks["notebook-times"] = times
-    if readme is not None and Path(readme).exists():
-        text = Path(readme).read_text()
+    """Re-render every figure and README table from ``results_dir/<dataset>/runs.json``; returns the files written.
+
+    Everything is drawn first, into a staging folder beside ``pictures``; only when all of it rendered are the
+    figures moved into place and the README rewritten (each atomically), so a bad input (one line,
+    ``ValueError``) leaves every file as it was.
+    """
+    results_dir, pictures = Path(results_dir), Path(pictures)
+    readme = Path(readme) if readme is not None else None
+    check_report_paths(results_dir, pictures, readme)
+    pictures.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=pictures))
+    try:
+        blocks = {}
+        for runs_file in sorted(results_dir.glob("*/runs.json")):
+            try:
+                blocks.update(render_dataset(runs_file, results_dir, staging, data_dir))
+            except (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError) as err:
+                raise ValueError(
+                    f"cannot render {runs_file}: a record lacks what the report reads ({type(err).__name__}: {err}); "
+                    "fix or remove that record"
+                ) from None
+        times = notebook_times(results_dir)
+        if times is not None:
+            blocks["notebook-times"] = times
+        text = readme.read_text() if readme is not None and readme.exists() else None
         new = text
-        for key, body in blocks.items():
+        for key, body in blocks.items() if text is not None else ():
             new = replace_block(new, key, body)
+        written = []
+        for staged in sorted(staging.iterdir()):
+            os.replace(staged, pictures / staged.name)  # same folder tree: an atomic rename
+            written.append(pictures / staged.name)
         if new != text:
-            Path(readme).write_text(new)
-            written.append(Path(readme))
-    return written
+            written.append(atomic_write(readme, new))
+        return written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def render_dataset(runs_file: Path, results_dir: Path, pictures: Path, data_dir: str | Path) -> dict[str, str]:
+    """Draw one dataset's figures into ``pictures`` and return its README blocks."""
+    dataset = runs_file.parent.name
+    dataset_info(dataset)
+    records = load_records(runs_file)
+    runs = latest_runs(records)
+    render_samples(dataset, pictures, data_dir)
+    for figure in FIGURES:
+        fig = render_figure(figure, runs, dataset, pictures)
+        if fig is not None:
+            plt.close(fig)
+    for figure, draw in SEED_FIGURES.items():
+        fig = draw(records)
+        if fig is not None:
+            plots.save_figure(fig, figure_path(pictures, dataset, figure))
+            plt.close(fig)
+    labels = stored_test_labels(results_dir, dataset)
+    fig = pairwise_figure(records, labels)
+    if fig is not None:
+        plots.save_figure(fig, figure_path(pictures, dataset, "pairwise"))
+        plt.close(fig)
+    blocks = readme_blocks(records, dataset, labels)
+    sweeps = sweep_table(runs_file.parent / "sweeps", results_dir.absolute().parent)  # links from the README's folder
+    if sweeps is not None:
+        blocks[f"results:{dataset}:sweeps"] = sweeps
+    return blocks

@@ -61,6 +61,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     else:
         raise TypeError(f"atomic_write takes bytes or str, got {type(data).__name__}; pass e.g. buf.getvalue()")
     path = Path(path)
+    if path.is_symlink():  # write through to the link's target; replacing the link would orphan its target
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _new_file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -77,6 +79,17 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def remove_stray_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files a killed writer of ``path`` left (``.<name>.*.tmp``); call it only while no
+    other writer of ``path`` can run (under the results file's lock, or in a run folder only its run writes)."""
+    removed = []
+    for stray in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stray.unlink()
+            removed.append(stray)
+    return removed
 
 
 def _new_file_mode(path: Path) -> int:
@@ -121,6 +134,25 @@ def _refused(path: Path, what: str) -> ValueError:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def strict_json(data: Any, **kwargs) -> str:
+    """JSON text of ``data``; NaN and Infinity (not JSON, though Python writes them) raise ``ValueError``."""
+    try:
+        return json.dumps(data, allow_nan=False, **kwargs)
+    except ValueError:
+        raise ValueError(
+            "a value to be written is NaN or infinite, which JSON cannot hold; nothing was written"
+        ) from None
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json(text: str) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and -Infinity (Python's extension, which no JSON reader takes)."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def run_problem(run: Any) -> str | None:
@@ -206,8 +238,8 @@ def load_results(path: str | Path) -> dict:
     if path.suffix == ".csv":
         return {"runs": _read_csv(path)[1]}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = read_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:  # json.JSONDecodeError is a ValueError
         raise _refused(path, f"is not readable JSON ({err})") from None
     return validate_results(data, path)
 
@@ -246,6 +278,8 @@ def check_results_path(path: str | Path) -> Path:
         raise ValueError(f"results path {path} lies under {folder}, which is a file, not a folder; {FIX}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"results path {path}: folder {folder} is not writable; fix its permissions or {FIX}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"results path {path} is not a regular file (a FIFO, device or socket); {FIX}")
     if path.exists():
         load_results(path)
     return path
@@ -299,17 +333,18 @@ def _appended(path: Path, run: Mapping, replace_same_run: bool) -> str:
     match = next((i for i in reversed(range(len(runs))) if same_run(runs[i], run)), None) if replace_same_run else None
     if match is None:
         runs.append(run)
-    else:
+    elif not run.get("cached"):  # a cached run loaded again is the stored one: the earlier record stays as it was
         runs[match] = run
-    return json.dumps({**data, "runs": runs}, indent=1) + "\n"
+    return strict_json({**data, "runs": runs}, indent=1) + "\n"
 
 
 def append_run(path: str | Path, run: RunRecord | Mapping, replace_same_run: bool = False) -> None:
     """Append ``run`` to the results file at ``path`` (.json keeps the whole record, .csv the flat row).
 
-    ``replace_same_run`` (notebooks, ``study.compare_methods``): a record of the same run already stored (same
-    method, name, training seed and shaping settings: ``RunRecord.run_identity``) is replaced in place, so a
-    re-run never duplicates records; earlier duplicates, if any, stay. JSON files only (a CSV row holds too
+    ``replace_same_run`` (notebooks, ``run_study``, ``compare_methods``): a record of the same run already
+    stored (same method, name, training seed and shaping settings: ``RunRecord.run_identity``) is replaced in
+    place, so a re-run never duplicates records, or kept as it is when the new one is that run loaded from the
+    cache (``cached``); earlier duplicates, if any, stay. JSON files only (a CSV row holds too
     little of a run to tell two runs apart).
 
     Safe with several processes appending at once: the read-modify-write happens under ``FileLock(path +
@@ -332,10 +367,13 @@ def append_run(path: str | Path, run: RunRecord | Mapping, replace_same_run: boo
     problem = run_problem(run)
     if problem is not None:
         raise ValueError(f"cannot append to {path}: the run {problem}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"results path {path} is not a regular file (a FIFO, device or socket); {FIX}")
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
+            remove_stray_temporaries(path)
             atomic_write(path, _appended(path, run, replace_same_run))
     except Timeout:
         raise TimeoutError(

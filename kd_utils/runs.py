@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -23,11 +24,11 @@ from torch import nn
 from .config import ExperimentConfig
 from .data import DataSplits, TensorLoader
 from .datasets import dataset_info
-from .distill import STUDENT_METHODS, TWO_STAGE, build_distiller
+from .distill import STUDENT_METHODS, TWO_STAGE, build_distiller, matched_levels
 from .metrics import classification_metrics
 from .models import build_model, check_model_name, count_parameters
 from .records import RunRecord, Segment, encode_correct, encode_predictions, parse_segment
-from .results import atomic_write
+from .results import atomic_write, strict_json
 from .teacher_cache import TeacherCache
 from .tensorboard_log import tensorboard_logger
 from .train import (
@@ -52,7 +53,10 @@ CHANCE_FACTOR = 1.5  # a validation accuracy within 1.5x of chance: a teacher re
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Raise ``ValueError`` naming the first bad setting, before any data is loaded or trained."""
+    """Raise ``ValueError`` naming the first bad setting, before any data is loaded or trained: every field's
+    range, the models (built and run once on a blank batch of the dataset's shape, so an image size a model
+    cannot take is named now), the settings that depend on them (hint level, matched levels, pooled size), and
+    every folder the run will write."""
     cfg.validate()
     for role, name in (("teacher", cfg.teacher), ("student", cfg.student)):
         try:
@@ -60,23 +64,62 @@ def validate(cfg: ExperimentConfig) -> None:
         except ValueError as err:
             raise ValueError(f"--{role} {name}: {err}") from None
     info = dataset_info(cfg.data.dataset)
+    maps = {}
     for role, path, arch in (("teacher", cfg.teacher_checkpoint, cfg.teacher), ("student", cfg.student_checkpoint, cfg.student)):  # fmt: skip
+        model = build_model(arch, info.in_channels, info.num_classes)
         if path is not None:
-            load_weights(build_model(arch, info.in_channels, info.num_classes), path, role)
-    if cfg.distill.level_weights is not None:
-        n_levels = min(
-            len(build_model(m, info.in_channels, info.num_classes).feature_channels) for m in (cfg.teacher, cfg.student)
+            load_weights(model, path, role)
+        maps[role] = stage_shapes(model, role, arch, info)
+    n_student, n_teacher = len(maps["student"]), len(maps["teacher"])
+    levels = matched_levels(n_student, n_teacher)
+    if cfg.distill.level_weights is not None and len(cfg.distill.level_weights) != len(levels):
+        raise ValueError(
+            f"--level-weights {','.join(map(str, cfg.distill.level_weights))}: {len(cfg.distill.level_weights)} "
+            f"weights for {len(levels)} matched levels; give one per level"
         )
-        if len(cfg.distill.level_weights) != n_levels:
-            raise ValueError(
-                f"--level-weights {','.join(map(str, cfg.distill.level_weights))}: {len(cfg.distill.level_weights)} "
-                f"weights for {n_levels} matched levels; give one per level"
-            )
+    if cfg.distill.hint_level is not None and cfg.distill.hint_level >= n_student:
+        raise ValueError(f"--hint-level {cfg.distill.hint_level}: the student has stages 0 to {n_student - 1}")
+    smallest = min(min(maps["student"][i][1:] + maps["teacher"][j][1:]) for i, j in levels)
+    if cfg.distill.spatial_size > smallest:
+        raise ValueError(
+            f"--spatial-size {cfg.distill.spatial_size}: larger than the smallest matched map ({smallest}x{smallest}); "
+            f"give at most {smallest}"
+        )
+    check_folder("--checkpoint-dir", cfg.checkpoint_dir)
     if cfg.tensorboard is not None:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise ValueError("--tensorboard needs the tensorboard package; pip install tensorboard") from None
+        check_folder("--tensorboard", cfg.tensorboard)
+
+
+def stage_shapes(model: nn.Module, role: str, arch: str, info) -> list[tuple[int, int, int]]:
+    """``(C, H, W)`` of each stage map on one blank image of the dataset's shape; a model that cannot take that
+    image (a ViT built for 224 px, say) is named here rather than after the teacher has trained."""
+    shape = (info.in_channels, info.image_size, info.image_size)
+    try:
+        with torch.no_grad():
+            maps = model.eval().forward_features(torch.zeros(1, *shape))
+    except Exception as err:  # whatever the library raises (AssertionError, RuntimeError, ...)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--{role} {arch}: cannot take {shape[0]}x{shape[1]}x{shape[2]} images ({first})") from None
+    return [tuple(m.shape[1:]) for m in maps]
+
+
+def check_folder(flag: str, folder: str | Path) -> None:
+    """``folder`` must be a folder this process can write, or a path that can become one (its nearest existing
+    parent a writable folder); creates nothing."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is a file, not a folder; give a folder")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: lies under {parent}, which is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable; fix its permissions or give another folder")
 
 
 def load_weights(model: nn.Module, path: str | Path, role: str) -> nn.Module:
@@ -286,7 +329,7 @@ def train_experiment(
     if teacher is not None and experiment != "teacher":
         record["teacher"] = teacher.identity()
     if experiment in ("teacher", "baseline"):
-        atomic_write(record_path, json.dumps(record, indent=1))
+        atomic_write(record_path, strict_json(record, indent=1))
     return model, RunRecord.from_dict(record)
 
 

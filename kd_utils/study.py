@@ -14,12 +14,14 @@ from pathlib import Path
 
 from .config import ExperimentConfig
 from .data import DataSplits, prepare_data
+from .datasets import dataset_info
 from .distill import STUDENT_METHODS, DistillConfig
+from .models import build_model
 from .records import RunRecord
 from .results import append_run, load_records
 from .runs import run_dir, train_experiment, validate
 from .teacher import FrozenTeacher, prepare_teacher
-from .train import load_checkpoint_file
+from .train import checked_resume_file
 
 # --- the protocol, as data --------------------------------------------------------------------------------
 STUDY_TEACHER = {"teacher_epochs": 40, "teacher_random_erasing": 0.5}  # the strong teacher of the stored study
@@ -215,6 +217,8 @@ def run_study(
         raise ValueError(f"--final-epochs {final_epochs}: must be >= 1")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {' '.join(map(str, seeds))}: each seed once")
+    for seed in seeds:
+        with_seed(cfg, seed).train.validate()  # each seed in range, named by the flag
     data = prepare_data(cfg.data)
     if log:
         log(f"data: {cfg.data.dataset} {data.sizes()}")
@@ -222,8 +226,8 @@ def run_study(
 
     def done(record: RunRecord) -> None:
         records.append(record)
-        if results_path is not None:
-            append_run(results_path, record)
+        if results_path is not None:  # a resumed or repeated study replaces its own records (a CSV only appends)
+            append_run(results_path, record, replace_same_run=Path(results_path).suffix == ".json")
         if log:
             log(format_metrics(record))
 
@@ -258,10 +262,13 @@ def run_study(
 
 
 def check_resumable_runs(cfg, seeds, experiments, teacher, final_epochs) -> None:
-    """With ``resume``, every ``last.pt`` the study will resume from must load; a damaged one is reported now,
-    before any record is appended, rather than halfway through the study."""
+    """With ``resume``, every ``last.pt`` the study will resume from must load and fit the student (keys, shapes,
+    the record's fields); a damaged or foreign one is reported now, before any record is appended, rather than
+    halfway through the study."""
     if not cfg.resume:
         return
+    info = dataset_info(cfg.data.dataset)
+    student = build_model(cfg.student, info.in_channels, info.num_classes)
     lengths = [cfg.train.epochs] + ([final_epochs] if final_epochs else [])
     for seed in seeds:
         for epochs in lengths:
@@ -270,7 +277,7 @@ def check_resumable_runs(cfg, seeds, experiments, teacher, final_epochs) -> None
                 folder = run_dir(run_cfg, experiment, teacher if experiment != "baseline" else None)
                 for last in (folder / "last.pt", folder / "hint" / "last.pt"):
                     if last.exists():
-                        load_checkpoint_file(last)
+                        checked_resume_file(last, student)
 
 
 def format_jobs() -> str:

@@ -25,7 +25,6 @@ List-valued settings (``level_weights``) are not tuned; fix them with ``--level-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import time
@@ -45,8 +44,8 @@ from .data import prepare_data
 from .distill import STUDENT_METHODS
 from .flags import OneLineParser, config_from_args, fail
 from .plots import save_figure
-from .results import append_run, atomic_write, check_results_path, load_records
-from .runs import run_dir, train_experiment, validate
+from .results import append_run, atomic_write, check_results_path, load_records, strict_json
+from .runs import check_folder, run_dir, train_experiment, validate
 from .search import Param, add_sweep_parser, format_trials, replay_command, search_space, with_values
 from .teacher import FrozenTeacher, prepare_teacher
 from .train import NonFiniteLossError
@@ -290,9 +289,33 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     results_dir = Path(args.results_dir)
     results_path = check_results_path(args.results_path or results_dir / f"{name}-best.json")
     storage = args.storage or f"sqlite:///{results_dir.resolve() / 'sweeps.db'}"
+    check_storage(storage)
+    check_folder("--results-dir", results_dir)
     max_trials = args.trials if args.max_trials is None else args.max_trials
     return SweepPlan(args.method, cfg, space, name, storage, args.sampler, args.trials, max_trials, results_dir,
                      results_path)  # fmt: skip
+
+
+def check_storage(url: str) -> None:
+    """A one-line error for a storage URL Optuna cannot open, before any folder or lock file is made."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(
+            f"--storage {url}: not a database URL; e.g. sqlite:///sweeps.db or postgresql://host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        check_folder("--storage", Path(parsed.database).parent)
+    else:
+        try:
+            parsed.get_dialect().import_dbapi()
+        except ImportError as err:
+            raise ValueError(f"--storage {url}: the database driver is not installed ({err}); pip install it") from None
+        except Exception:  # an unknown dialect
+            raise ValueError(f"--storage {url}: unknown database kind '{parsed.drivername}'") from None
 
 
 def run_sweep(args: argparse.Namespace, log=print) -> dict:
@@ -305,7 +328,9 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
     """
     plan = plan_sweep(args)
     plan.results_dir.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from the objective
+    optuna.logging.set_verbosity(
+        optuna.logging.ERROR
+    )  # one line per trial (and per diverged trial) comes from the objective
     study = open_study(plan)
     data = prepare_data(plan.cfg.data)
     teacher = prepare_teacher_once(plan.cfg, data, log)
@@ -314,7 +339,18 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
             make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
             callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
         )  # fmt: skip
-    return finish_sweep(plan, study, data, teacher, log)
+    summary = finish_sweep(plan, study, data, teacher, log)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    if (
+        summary["best"] is None
+        and TrialState.FAIL in states
+        and not set(states) & {TrialState.RUNNING, TrialState.COMPLETE}
+    ):
+        raise NonFiniteLossError(
+            f"every trial of study '{plan.name}' failed ({states.count(TrialState.FAIL)} diverged); lower --lr or "
+            "narrow the searched ranges (--param)"
+        )
+    return summary
 
 
 def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeacher, log=print) -> dict:
@@ -325,7 +361,7 @@ def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeac
     trials = [t for t in study.get_trials(deepcopy=False) if "skipped" not in t.user_attrs]
     rows = [trial_row(t) for t in trials]
     best = best_trial(trials)
-    trials_path = atomic_write(plan.results_dir / f"{plan.name}.json", json.dumps({
+    trials_path = atomic_write(plan.results_dir / f"{plan.name}.json", strict_json({
         "study": plan.name, "method": plan.method, "sampler": plan.sampler,
         "space": {p.name: p.spec for p in plan.space}, "config": asdict(plan.cfg),
         "best_trial": best.number if best else None, "trials": rows, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .data import TensorLoader
 from .results import atomic_write
-from .train import autocast
+from .train import autocast, epoch_images
 
 MAX_EPOCH_BYTES = 512 * 2**20  # larger epochs of targets are recomputed rather than stored
 
@@ -61,10 +61,12 @@ class TeacherCache:
         if path.exists():
             try:
                 stored = torch.load(path, map_location=loader.device, weights_only=True)
+            except Exception:  # a damaged file is recomputed, never trusted
+                stored = None
+            if fits(stored, epoch_images(loader)):
                 self.hits += 1
                 return unflatten(stored)
-            except Exception:  # a damaged file is recomputed, never trusted
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)  # damaged, another shape or not finite: recomputed and replaced
         targets = compute_epoch_targets(distiller, loader, dtype)
         self.misses += 1
         flat = {k: v.cpu() for k, v in flatten(targets).items()}
@@ -78,6 +80,19 @@ class TeacherCache:
         torch.save(flat, buffer)
         atomic_write(path, buffer.getvalue())
         return targets
+
+
+def fits(stored: object, n_images: int) -> bool:
+    """A stored epoch of targets is used only when it is a dict of finite float tensors, one row per image."""
+    return (
+        isinstance(stored, dict)
+        and bool(stored)
+        and all(
+            isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == n_images
+            and bool(torch.isfinite(t).all())
+            for t in stored.values()
+        )
+    )  # fmt: skip
 
 
 def compute_epoch_targets(distiller, loader: TensorLoader, dtype: torch.dtype) -> dict:

@@ -16,9 +16,10 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,6 +35,9 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_BATCH_SIZE = 512  # images per inference batch (validation, test): no gradients, so larger than training's
+
+MAX_SEED = 2**32 - 1  # numpy and scikit-learn seeds are 32-bit
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser converts lr and weight decay to float32
 
 
 @dataclass
@@ -65,9 +69,11 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.lr > 0, "lr", "must be > 0"),
-            (self.momentum >= 0, "momentum", "must be >= 0"),
-            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (0 < self.lr <= FLOAT32_MAX, "lr", f"must be in (0, {FLOAT32_MAX:.3g}] (torch keeps it as a float32)"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.optimizer != "sgd" or self.momentum > 0, "momentum", "must be > 0 with sgd (Nesterov momentum)"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seed range)"),
+            (0 <= self.weight_decay <= FLOAT32_MAX, "weight_decay", f"must be in [0, {FLOAT32_MAX:.3g}] (a float32)"),
             (self.warmup_epochs >= 0, "warmup_epochs", "must be >= 0"),
             (0 <= self.random_erasing <= 1, "random_erasing", "must be a probability in [0, 1]"),
             (self.log_every >= 1, "log_every", "must be >= 1"),
@@ -243,8 +249,20 @@ def trainable_state(distiller: Distiller) -> dict:
     return {"model": distiller.student.state_dict(), "adapters": distiller.adapters.state_dict()}
 
 
+def epoch_images(loader: TensorLoader) -> int:
+    """Images one epoch of ``loader`` yields: full batches, and the last partial one where it is kept."""
+    n = len(loader.labels)
+    return sum(min(loader.batch_size, n - b * loader.batch_size) for b in range(len(loader)))
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """``torch.load(..., weights_only=True)``: tensors and plain containers only, no code; torch's own warnings
+    (a refused pickle warns before it raises) are kept off stderr, where a refusal is one line."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise ValueError(f"{path} is not a regular file (a FIFO, device or socket)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 RESUME_IGNORED = {"device", "log_every", "progress", "compile", "deterministic"}  # settings a resumed run may change
@@ -390,7 +408,7 @@ def fit(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
-            state = load_resume_state(last, asdict(cfg))
+            state = load_resume_state(last, asdict(cfg), distiller.student)
             distiller.student.load_state_dict(state["model"])
             distiller.adapters.load_state_dict(state["adapters"])
             opt.load_state_dict(state["optimizer"])
@@ -423,12 +441,12 @@ def fit(
         row = {
             "epoch": epoch,
             **parts,
-            "val_loss": val["loss"],
+            "val_loss": val["loss"] if math.isfinite(val["loss"]) else None,  # None: the eval forward overflowed
             "val_acc": val["accuracy"],
             "val_f1": val["f1"],
             "lr": opt.param_groups[0]["lr"],
             "seconds": seconds,
-            "images_per_s": len(train_loader) * cfg.batch_size / train_seconds,
+            "images_per_s": epoch_images(train_loader) / train_seconds,  # the images trained on, not steps x batch
         }
         check_finite_state(distiller, f"after epoch {epoch} of {desc}")
         result.history.append(row)
@@ -478,13 +496,48 @@ def load_checkpoint_file(path: Path) -> dict:
     return state
 
 
-def load_resume_state(path: Path, current_cfg: dict) -> dict:
-    state = load_checkpoint_file(path)
-    missing = {"optimizer", "scheduler", "scaler", "epoch", "result", "train_config"} - set(state)
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(sorted(missing))}; delete it to train from scratch")
+RESUME_KEYS = {"model", "adapters", "optimizer", "scheduler", "scaler", "epoch", "result", "train_config"}
+
+
+def load_resume_state(path: Path, current_cfg: dict, model: nn.Module | None = None) -> dict:
+    """``last.pt`` to resume from: ``checked_resume_file``, and its training settings equal to ``current_cfg``."""
+    state = checked_resume_file(path, model)
     check_resumable(state["train_config"], current_cfg, path)
     return state
+
+
+def checked_resume_file(path: Path, model: nn.Module | None = None) -> dict:
+    """``last.pt``, checked before anything is trained: its keys, their types, and (with ``model``) that its
+    weights fit ``model`` key for key and shape for shape."""
+    state = load_checkpoint_file(path)
+    fix = "delete it (or its folder) to train from scratch"
+    missing, extra = RESUME_KEYS - set(state), set(state) - RESUME_KEYS
+    if missing or extra:
+        what = f"lacks {', '.join(sorted(missing))}" if missing else f"holds unknown keys {', '.join(sorted(extra))}"
+        raise ValueError(f"checkpoint {path} {what}; {fix}")
+    if type(state["epoch"]) is not int or state["epoch"] < 0 or not isinstance(state["train_config"], dict):
+        raise ValueError(f"checkpoint {path} has a malformed epoch or train_config; {fix}")
+    if not isinstance(state["result"], dict) or set(state["result"]) - {f.name for f in fields(FitResult)}:
+        raise ValueError(f"checkpoint {path} has a malformed result; {fix}")
+    if model is not None:
+        check_fits(state["model"], model, path)
+    return state
+
+
+def check_fits(weights: object, model: nn.Module, path: Path) -> None:
+    """``weights`` (a state dict) has exactly ``model``'s keys and shapes, else one ``ValueError`` line."""
+    expected = model.state_dict()
+    if not isinstance(weights, dict):
+        raise ValueError(f"checkpoint {path} holds no state dict under 'model'; delete it to train from scratch")
+    missing, unexpected = set(expected) - set(weights), set(weights) - set(expected)
+    shapes = [k for k in set(expected) & set(weights)
+              if not hasattr(weights[k], "shape") or tuple(weights[k].shape) != tuple(expected[k].shape)]  # fmt: skip
+    if missing or unexpected or shapes:
+        first = sorted(missing or unexpected or shapes)[0]
+        raise ValueError(
+            f"checkpoint {path} does not fit this run's model ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shapes)} reshaped weights, e.g. {first}): another architecture's run? delete it to train from scratch"
+        )
 
 
 def format_epoch(desc: str, row: dict, epochs: int, improved: bool) -> str:

@@ -484,9 +484,9 @@ NONNEGATIVE = ("feature_weight", "regressor_weight", "dkd_alpha", "dkd_beta", "d
 OUT_OF_RANGE = [
     ("alpha", 1.5, "must be in [0, 1]"),
     ("alpha", -0.1, "must be in [0, 1]"),
-    ("temperature", 0.0, "must be > 0"),
-    ("temperature", -1.0, "must be > 0"),
-    ("dist_temperature", 0.0, "must be > 0"),
+    ("temperature", 0.0, "must be in (0, 1000]"),
+    ("temperature", -1.0, "must be in (0, 1000]"),
+    ("dist_temperature", 0.0, "must be in (0, 1000]"),
     ("at_p", 0.0, "must be >= 1"),  # |F|^p with p < 1 has an infinite gradient at 0
     ("at_p", 0.5, "must be >= 1"),
     ("spatial_size", 0, "must be >= 1"),

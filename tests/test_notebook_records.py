@@ -43,10 +43,13 @@ def test_saving_the_same_runs_again_keeps_one_record_each_the_latest(tmp_path):
         save_record(path, record("baseline", "baseline"))
     rerun = record("baseline", "baseline", f1=0.6, resume=False, checkpoint_dir="/elsewhere", tensorboard="tb",
                    **{"data.data_dir": "/mnt/data", "train.progress": False, "train.log_every": 5})  # fmt: skip
-    save_record(path, {**rerun, "cached": True})
+    save_record(path, {**rerun, "cached": True})  # the same run loaded from its cache: the stored record stays
     runs = load_runs(path)
-    assert [r["name"] for r in runs] == ["teacher", "baseline"]  # replaced in place, order kept
-    assert runs[1]["test"]["f1"] == 0.6 and runs[1]["cached"] and runs[1]["config"]["data"]["data_dir"] == "/mnt/data"
+    assert [r["name"] for r in runs] == ["teacher", "baseline"] and runs[1]["test"]["f1"] == 0.5
+    save_record(path, rerun)  # the same run trained again: its record replaces the stored one, in place
+    runs = load_runs(path)
+    assert [r["name"] for r in runs] == ["teacher", "baseline"]  # order kept
+    assert runs[1]["test"]["f1"] == 0.6 and runs[1]["config"]["data"]["data_dir"] == "/mnt/data"
 
 
 @pytest.mark.parametrize(

@@ -163,7 +163,7 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt,
     ("param", "message"),
     [
         ("nope=1:2", "--param nope=1:2: unknown setting 'nope'; choose from: alpha, temperature"),
-        ("temperature=-1:2", "--param temperature=-1:2: --temperature -1.0: must be > 0"),
+        ("temperature=-1:2", "--param temperature=-1:2: --temperature -1.0: must be in (0, 1000]"),
         ("alpha=0.5:2", "--param alpha=0.5:2: --alpha 2.0: must be in [0, 1]"),
         ("temperature=2:1", "low < high"),
         ("temperature=0:2:log", "a log range needs low > 0"),

@@ -247,3 +247,23 @@ def test_epochs_over_the_size_cap_are_used_but_not_stored(small_splits, train_cf
     logits_only = TeacherCache(tmp_path, STREAM, max_epoch_bytes=192 * 10 * 4)  # exactly one epoch of logits
     train("logit", small_splits, train_cfg, logits_only)
     assert sorted(p.name for p in logits_only.folder.glob("epoch*")) == ["epoch001-logits.pt", "epoch002-logits.pt"]
+
+
+@pytest.mark.parametrize("damage", ["wrong shape", "not finite"])
+def test_a_stored_epoch_that_does_not_fit_is_recomputed_and_replaced(damage, small_splits, train_cfg, tmp_path):
+    """An epoch file of another shape, or full of NaN, loads fine but is never trusted: the epoch is computed
+    again (training as if inline) and the bad file replaced, so a re-run does not diverge on it."""
+    cache = TeacherCache(tmp_path, STREAM)
+    first = train("logit", small_splits, train_cfg, cache)
+    stored = sorted(cache.folder.glob("epoch*.pt"))
+    assert len(stored) == EPOCHS
+    bad = torch.load(stored[0], weights_only=True)
+    bad = {k: v[:5] if damage == "wrong shape" else torch.full_like(v, float("nan")) for k, v in bad.items()}
+    torch.save(bad, stored[0])
+    again = TeacherCache(tmp_path, STREAM)
+    second = train("logit", small_splits, train_cfg, again)
+    assert (again.hits, again.misses) == (EPOCHS - 1, 1)
+    assert first[0] == second[0]
+    assert_same_weights(first[1], second[1])
+    replaced = torch.load(stored[0], weights_only=True)
+    assert all(torch.isfinite(t).all() and t.shape[0] > 5 for t in replaced.values())
