@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import DataSplits, TensorLoader
 from .distill import Distiller, flag
 from .metrics import classification_metrics
-from .results import atomic_write
+from .results import atomic_write, remove_stray_temporaries
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle")
@@ -406,6 +406,8 @@ def fit(
     start_epoch = 1
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("last.pt", "best.pt"):  # a killed writer's leftovers: only this run writes its folder
+            remove_stray_temporaries(ckpt_dir / name)
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
             state = load_resume_state(last, asdict(cfg), distiller.student)

@@ -362,3 +362,19 @@ def test_a_sweep_trials_file_missing_fields_is_left_out_of_the_table(tmp_path):
 
     (tmp_path / "a-seed0.json").write_text(json.dumps({"trials": [{"number": 0}], "space": {}, "method": "logit"}))
     assert sweep_table(tmp_path) is None  # nothing it can read: no table, no traceback
+
+
+def test_a_killed_checkpoint_writers_temporary_file_is_cleaned_by_the_next_fit(
+    small_splits, tiny_train_config, tmp_path
+):
+    import torch
+
+    from kd_utils.distill import build_distiller
+    from kd_utils.models import build_model
+    from kd_utils.train import fit
+
+    stray = tmp_path / ".last.pt.k1ll3d.tmp"
+    stray.write_bytes(b"half a checkpoint")
+    torch.manual_seed(0)
+    fit(build_distiller("baseline", build_model("student_cnn")), small_splits, tiny_train_config, tmp_path)
+    assert not stray.exists() and (tmp_path / "last.pt").exists()
