@@ -44,14 +44,7 @@ class PackedNet(nn.Module):
         super().__init__()
         self.stem, self.stages, self.head, self.k = stem, stages, head, k
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """The stage maps, each ``(B, K * C_i, H_i, W_i)``: student ``k``'s is channel block ``k``."""
-        x = self.stem(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+    forward_features = StagedNet.forward_features  # the same stem-then-stages walk; maps (B, K * C_i, H_i, W_i)
 
     def forward(self, x: Tensor) -> Tensor:
         last = self.forward_features(x)[-1]

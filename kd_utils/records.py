@@ -49,10 +49,6 @@ class Segment:
         """``"<hardware>, torch <version>"`` (the machine, without the precision)."""
         return self.hardware if self.torch is None else f"{self.hardware}, torch {self.torch}"
 
-    def machine_class(self) -> str:
-        """What a fair comparison holds fixed: device kind and model plus precision ("cpu: AMD EPYC, 2 cores bfloat16")."""
-        return f"{self.hardware} {self.precision or 'precision unknown'}"
-
 
 def parse_segment(label: str, torch_version: str | None = None, precision: str | None = None) -> Segment:
     """A ``Segment`` from a ``"<device>, torch <version>, <dtype>"`` label (``train.machine_label``); labels of
@@ -106,10 +102,6 @@ class RunRecord:
         """What names one run: method, name, training seed and the settings that shape it (canonical JSON, so a
         tuple and the list it was stored as compare equal). A re-run of a notebook has its record's identity."""
         return self.method, self.name, self.seed, json.dumps(run_settings(self.config), sort_keys=True)
-
-    def machine_classes(self) -> tuple[str, ...]:
-        """The distinct hardware-and-precision classes that trained this run."""
-        return tuple(dict.fromkeys(s.machine_class() for s in self.trained_on))
 
     def correct(self) -> np.ndarray | None:
         """Per-test-image correctness of the selected epoch (None when the record predates storing it)."""
