@@ -51,6 +51,7 @@ class ExperimentConfig:
     fuse_teacher_bn: bool = True  # distil from a BN-folded copy of the teacher: same outputs, faster forward
     teacher_cache: bool = True  # store each epoch's teacher logits/pooled maps once per data stream and reuse them
     tensorboard: str | None = None  # write per-epoch TensorBoard scalars under this folder (needs tensorboard)
+    pack: int = 0  # runs of one method trained at once as one network (seeds, sweep trials): 0 auto (16 on CUDA, 1 elsewhere), 1 apart (--no-pack)
 
     def teacher_train_config(self) -> TrainConfig:
         return replace(self.train, epochs=self.teacher_epochs, random_erasing=self.teacher_random_erasing)
@@ -62,6 +63,10 @@ class ExperimentConfig:
         self.distill.validate()
         if not math.isfinite(self.teacher_random_erasing) or not 0 <= self.teacher_random_erasing <= 1:
             raise ValueError(f"--teacher-random-erasing {self.teacher_random_erasing}: must be a probability in [0, 1]")
+        if self.pack < 0:
+            raise ValueError(
+                f"--pack {self.pack}: must be >= 0 (0: automatic, 1: apart, K: up to K runs as one network)"
+            )
         if self.teacher_epochs < 1:
             raise ValueError(f"--teacher-epochs {self.teacher_epochs}: must be >= 1")
         if not self.checkpoint_dir:

@@ -142,6 +142,7 @@ class Distiller(nn.Module):
     """
 
     needs: tuple[str, ...] = ()
+    trains_head: bool = True  # False: the logits are for the logged accuracy only (no gradient through them)
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, cfg: DistillConfig | None = None):
         super().__init__()
@@ -204,6 +205,8 @@ class Distiller(nn.Module):
             targets = self.teacher_targets(x)
         feats = self.student.forward_features(x)
         logits = self.student.forward_head(feats[-1])
+        if not self.trains_head:
+            logits = logits.detach()
         loss, parts = self.loss(logits, feats, y, targets)
         return loss, logits, {k: v.detach() for k, v in parts.items()}
 
@@ -365,6 +368,7 @@ class HintDistiller(Distiller):
     """
 
     needs = ("maps",)
+    trains_head = False  # the logits are for the logged accuracy only
 
     def __init__(self, student, teacher, cfg=None):
         super().__init__(student, teacher, cfg)
@@ -378,13 +382,9 @@ class HintDistiller(Distiller):
         )
         self.frozen = freeze_after(student, level)
 
-    def forward(self, x, y, targets=None):
-        if targets is None:
-            targets = self.teacher_targets(x)
-        feats = self.student.forward_features(x)
-        logits = self.student.forward_head(feats[-1]).detach()  # for the logged accuracy only
+    def loss(self, logits, feats, y, targets):
         hint = regressor_loss(self.adapters, self.student_levels(feats), targets["maps"])
-        return hint, logits, {"hint": hint.detach()}
+        return hint, {"hint": hint}
 
 
 def hint_level(n_stages: int, level: int | None) -> int:

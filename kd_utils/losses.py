@@ -96,6 +96,28 @@ def kd_loss(
     return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha)[0]
 
 
+def packed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``masked_cross_entropy`` of K students at once (``kd_utils.packed``): logits ``(B, K, N)`` and targets
+    ``(K, B)`` -> ``(K,)``, each student's mean over its own labeled samples."""
+    per_sample = F.cross_entropy(logits.float().permute(0, 2, 1), targets.T, ignore_index=-100, reduction="none")
+    return per_sample.sum(0) / (targets >= 0).sum(1).clamp_min(1)  # (B, K) -> (K,)
+
+
+def packed_kd_loss_terms(
+    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: Tensor, alpha: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``kd_loss_terms`` of K students at once, each with its own ``temperature`` and ``alpha`` (``(K,)``
+    tensors): logits ``(B, K, N)``, targets ``(K, B)`` -> ``(total, ce, kl)``, each ``(K,)``. The KL is
+    ``soft_target_kl``'s: summed over classes, averaged over the batch, times ``T^2``."""
+    t = temperature.float().view(1, -1, 1)
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=2)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=2)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum((0, 2)) / len(student_logits)
+    kl = temperature.float() ** 2 * kl
+    ce = packed_cross_entropy(student_logits, targets)
+    return (1 - alpha) * ce + alpha * kl, ce, kl
+
+
 def _non_target(x: Tensor, targets: Tensor) -> Tensor:
     """The columns of ``x`` (B, K) other than each row's target, in order: (B, K - 1).
 

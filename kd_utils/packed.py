@@ -9,8 +9,7 @@ gradient, and an elementwise optimiser (SGD with momentum, Nesterov, weight deca
 as it would update that student alone. ``unpack`` gives back ordinary state dicts.
 
 Only what ``plain_cnn`` is made of is packed (Conv2d, BatchNorm2d, ReLU, MaxPool2d, Identity, Sequential and
-the ``StagedNet`` head); a model with other layers is refused by name. Not wired into ``fit`` yet: this module
-is the model half of the packed trainer, tested for equivalence on the CPU.
+the ``StagedNet`` head); a model with other layers is refused by name. ``kd_utils.packed_train`` trains it.
 """
 
 from __future__ import annotations
@@ -46,10 +45,16 @@ class PackedNet(nn.Module):
 
     forward_features = StagedNet.forward_features  # the same stem-then-stages walk; maps (B, K * C_i, H_i, W_i)
 
-    def forward(self, x: Tensor) -> Tensor:
-        last = self.forward_features(x)[-1]
+    def forward_head(self, last: Tensor) -> Tensor:
         pooled = nn.functional.adaptive_avg_pool2d(last, 1).flatten(1)  # (B, K * C)
         return self.head(pooled.view(len(pooled), self.k, -1))  # (B, K, N)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x)[-1])
+
+    def student_maps(self, maps: list[Tensor], i: int) -> list[Tensor]:
+        """Student ``i``'s stage maps ``(B, C_l, H_l, W_l)`` out of the packed ``(B, K * C_l, H_l, W_l)``."""
+        return [m[:, i * (m.shape[1] // self.k) : (i + 1) * (m.shape[1] // self.k)] for m in maps]
 
 
 def _pack_module(modules: list[nn.Module], path: str) -> nn.Module:
@@ -93,22 +98,34 @@ def pack(models: list[StagedNet]) -> PackedNet:
 
 def unpack(packed: PackedNet, template: StagedNet) -> list[dict[str, Tensor]]:
     """Each student's state dict, keyed as ``template``'s (an unpacked model of the same architecture)."""
-    k, states = packed.k, []
     packed_state = packed.state_dict()
-    for i in range(k):
-        state = {}
+    states = []
+    for i in range(packed.k):
+        state = {name: student_block(name, packed_state[name], packed.k, i).clone() for name in template.state_dict()}
         for name, value in template.state_dict().items():
-            if name.startswith("head."):
-                state[name] = packed_state[name][i].clone()
-            elif name.endswith("num_batches_tracked"):
-                state[name] = packed_state[name].clone()
-            else:
-                block = len(packed_state[name]) // k
-                state[name] = packed_state[name][i * block : (i + 1) * block].clone()
             if state[name].shape != value.shape:
                 raise ValueError(f"unpack: {name} has shape {tuple(state[name].shape)}, expected {tuple(value.shape)}")
         states.append(state)
     return states
+
+
+def student_block(name: str, packed: Tensor, k: int, i: int) -> Tensor:
+    """Student ``i``'s part of the packed tensor ``name`` (a weight, a BatchNorm statistic or an optimiser's
+    buffer of the same shape), as a view: the head's are stacked (index ``i``), every other tensor is the
+    concatenation of the students' along dim 0 (block ``i``); ``num_batches_tracked`` is shared."""
+    if name.endswith("num_batches_tracked"):
+        return packed
+    if name.startswith("head."):
+        return packed[i]
+    size = len(packed) // k
+    return packed[i * size : (i + 1) * size]
+
+
+def join_blocks(name: str, blocks: list[Tensor]) -> Tensor:
+    """The packed tensor ``name`` from each student's: the inverse of ``student_block``."""
+    if name.endswith("num_batches_tracked"):
+        return blocks[0].clone()
+    return torch.stack(blocks) if name.startswith("head.") else torch.cat(blocks)
 
 
 def stack_inputs(batches: list[Tensor]) -> Tensor:

@@ -31,7 +31,7 @@ UNKNOWN = "unknown hardware"
 # that differ only in these are one run. Listed explicitly, so that a field added later counts as shaping: a
 # duplicate record at worst, never a record lost.
 NOT_SHAPING: dict[str, tuple[str, ...]] = {
-    "": ("checkpoint_dir", "resume", "tensorboard", "teacher_cache", "allow_weak_teacher"),  # ExperimentConfig
+    "": ("checkpoint_dir", "resume", "tensorboard", "teacher_cache", "allow_weak_teacher", "pack"),  # ExperimentConfig
     "data": ("data_dir", "download"),
     "train": ("device", "log_every", "compile", "deterministic", "progress"),
 }

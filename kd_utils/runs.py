@@ -278,13 +278,15 @@ def train_experiment(
     name: str | None = None,
     test: bool = True,
     role: str | None = None,
+    on_epoch: Callable[[dict], bool | None] | None = None,
 ) -> tuple[nn.Module, RunRecord]:
     """Train one experiment (teacher, baseline or a distillation method); returns the model and its record.
 
     A teacher or baseline whose run finished before (same settings) is loaded from its cache instead.
     ``name`` labels the record (default: the experiment); ``role`` is its part in the study (default: teacher,
     baseline or method; "final" / "final-baseline" for notebook 04's long runs). ``test=False`` leaves the test
-    set unread (sweep trials: selection sees validation only).
+    set unread (sweep trials: selection sees validation only). ``on_epoch`` sees each history row and stops the
+    run by returning False (a pruned trial).
     """
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment '{experiment}'; choose from: {', '.join(EXPERIMENTS)}")
@@ -298,11 +300,29 @@ def train_experiment(
         return load_cached_run(experiment, cfg, data, folder, log, name, role)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     train_cfg = cfg.teacher_train_config() if experiment == "teacher" else cfg.train
-    on_epoch, close = tensorboard_logger(cfg.tensorboard, name, cfg.train.seed)
+    board, close = tensorboard_logger(cfg.tensorboard, name, cfg.train.seed)
     try:
-        model, result, extra = _fit_method(experiment, cfg, data, teacher, folder, log, name, train_cfg, on_epoch)
+        model, result, extra = _fit_method(experiment, cfg, data, teacher, folder, log, name, train_cfg,
+                                           chain(board, on_epoch))  # fmt: skip
     finally:
         close()
+    extra["pack"] = {"k": 1}  # trained apart
+    return model, finish_record(experiment, cfg, data, teacher, model, result, extra, name, role, started, test)
+
+
+def chain(*hooks: Callable[[dict], bool | None] | None) -> Callable[[dict], bool | None] | None:
+    """One ``on_epoch`` calling every hook given; False (stop the run) when any of them says False."""
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+    return lambda row: False if any([h(row) is False for h in live]) else None
+
+
+def finish_record(experiment, cfg, data, teacher, model, result, extra, name, role, started, test) -> RunRecord:
+    """The ``RunRecord`` of a finished fit (apart or in a pack): identity, settings, history, test metrics
+    (``test``), the teacher; a teacher's or baseline's is also written to its folder's ``run.json`` (the cache)."""
+    folder = run_dir(cfg, experiment, teacher)
+    train_cfg = cfg.teacher_train_config() if experiment == "teacher" else cfg.train
     trained_on = list(dict.fromkeys(extra.get("hint_trained_on", []) + result.trained_on))
     record = {
         **identity(experiment, name, role, cfg, segments(cfg, trained_on)),
@@ -329,8 +349,8 @@ def train_experiment(
     if teacher is not None and experiment != "teacher":
         record["teacher"] = teacher.identity()
     if experiment in ("teacher", "baseline"):
-        atomic_write(record_path, strict_json(record, indent=1))
-    return model, RunRecord.from_dict(record)
+        atomic_write(folder / "run.json", strict_json(record, indent=1))
+    return RunRecord.from_dict(record)
 
 
 def identity(experiment: str, name: str, role: str, cfg: ExperimentConfig, trained_on: tuple[Segment, ...]) -> dict:

@@ -32,6 +32,7 @@ SEARCH_SPACES = {
 TUNABLE_TRAIN = ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing", "batch_size", "optimizer",
                  "schedule")  # fmt: skip
 SAMPLERS = ("tpe", "grid")
+PRUNERS = ("none", "median")
 DEFAULT_TRIALS = 20  # per worker
 
 
@@ -200,6 +201,10 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     )
     sweep.add_argument("--max-trials", type=int, help="trials of the whole study, all workers (default: --trials)")
     sweep.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (seeded: --seed + process id) | grid")
+    sweep.add_argument(
+        "--pruner", default="none", choices=PRUNERS,
+        help="stop trials early on their per-epoch validation F1: none | median (Optuna's MedianPruner)",
+    )  # fmt: skip
     sweep.add_argument(
         "--param",
         action="append",

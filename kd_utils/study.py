@@ -17,6 +17,7 @@ from .data import DataSplits, prepare_data
 from .datasets import dataset_info
 from .distill import STUDENT_METHODS, DistillConfig
 from .models import build_model
+from .packs import records_of, train_runs
 from .records import RunRecord
 from .results import append_run, load_records
 from .runs import run_dir, train_experiment, validate
@@ -114,12 +115,11 @@ def final_runs(
 ) -> list[RunRecord]:
     """Notebook 04: ``method`` for ``cfg.train.epochs`` epochs per seed, each next to a labels-only run as long
     (``final-baseline``), so the gain is not the longer schedule's."""
+    seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
     records = []
-    for seed in seeds:
-        seed_cfg = with_seed(cfg, seed)
-        records.append(train_experiment("baseline", seed_cfg, data, log=log, name="final-baseline",
-                                        role="final-baseline")[1])  # fmt: skip
-        records.append(train_experiment(method, seed_cfg, data, teacher, log, name="final", role="final")[1])
+    for experiment, name, run_teacher in (("baseline", "final-baseline", None), (method, "final", teacher)):
+        outcomes = train_runs(experiment, seed_cfgs, data, run_teacher, log, [name] * len(seeds), [name] * len(seeds))
+        records += records_of(outcomes)
     return records
 
 
@@ -152,21 +152,23 @@ def compare_methods(
     training seed, all with the same teacher; each record appended to ``results_path``. A run at a sweep's
     setting is named ``<method>-tuned``, so it never shadows a run of the same method at the defaults."""
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
+    seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
+    runs = [("baseline", "baseline", seed_cfgs, None)]
+    for method in methods:
+        tuned, _ = settings[method]
+        distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
+        name = f"{method}-tuned" if tuned else method  # apart from notebooks 01-03's runs at the defaults
+        runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs], teacher))
     records = []
-    for seed in seeds:
-        seed_cfg = with_seed(cfg, seed)
-        runs = [("baseline", "baseline", seed_cfg, None)]
-        for method in methods:
-            tuned, _ = settings[method]
-            distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
-            name = f"{method}-tuned" if tuned else method  # apart from notebooks 01-03's runs at the defaults
-            runs.append((method, name, replace(seed_cfg, distill=distill), teacher))
-        for experiment, name, run_cfg, run_teacher in runs:
-            _, record = train_experiment(experiment, run_cfg, data, run_teacher, log, name=name)
-            record.extra["settings_from"] = settings[experiment][1] if experiment in settings else "labels only"
-            if results_path is not None:
-                append_run(results_path, record, replace_same_run=True)  # a re-run replaces its own record
-            records.append(record)
+
+    def done(record: RunRecord) -> None:
+        record.extra["settings_from"] = settings[record.method][1] if record.method in settings else "labels only"
+        if results_path is not None:
+            append_run(results_path, record, replace_same_run=True)  # a re-run replaces its own record
+        records.append(record)
+
+    for experiment, name, run_cfgs, run_teacher in runs:  # each method's seeds packed on a GPU
+        records_of(train_runs(experiment, run_cfgs, data, run_teacher, log, [name] * len(seeds)), done)
     return records
 
 
@@ -233,24 +235,24 @@ def run_study(
 
     methods = [e for e in experiments if e in STUDENT_METHODS]
     needs_teacher = bool(methods) or "teacher" in experiments
+    seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
     teacher = None
     if needs_teacher and not teacher_per_seed:
-        teacher = prepare_teacher(with_seed(cfg, seeds[0]), data, log)
+        teacher = prepare_teacher(seed_cfgs[0], data, log)
     check_resumable_runs(cfg, seeds, ["baseline", *methods], teacher, final_epochs)  # before anything is appended
+    teachers = [teacher] * len(seeds)
     if teacher is not None:
         done(teacher.record)
+    if needs_teacher and teacher_per_seed:  # trained first (packed where they can be), then each loaded and checked
+        records_of(train_runs("teacher", seed_cfgs, data, log=log, test=False))
+        teachers = [prepare_teacher(seed_cfg, data, log) for seed_cfg in seed_cfgs]
+        for t in teachers:
+            done(t.record)
+    if "baseline" in experiments or methods:
+        records_of(train_runs("baseline", seed_cfgs, data, log=log), done)
     per_method: dict[str, list[RunRecord]] = {m: [] for m in methods}
-    for seed in seeds:
-        seed_cfg = with_seed(cfg, seed)
-        if needs_teacher and teacher_per_seed:
-            teacher = prepare_teacher(seed_cfg, data, log)
-            done(teacher.record)
-        if "baseline" in experiments or methods:
-            done(train_experiment("baseline", seed_cfg, data, log=log)[1])
-        for method in methods:
-            _, record = train_experiment(method, seed_cfg, data, teacher, log)
-            per_method[method].append(record)
-            done(record)
+    for method in methods:  # a method's seeds are one pack on a GPU
+        per_method[method] = records_of(train_runs(method, seed_cfgs, data, teachers, log), done)
     if final_epochs is not None and methods:
         best = best_by_validation(per_method)
         if log:

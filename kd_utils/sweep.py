@@ -27,8 +27,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -43,6 +45,8 @@ from .config import ExperimentConfig
 from .data import prepare_data
 from .distill import STUDENT_METHODS
 from .flags import OneLineParser, config_from_args, fail
+from .packed_train import resolve_pack
+from .packs import train_runs
 from .plots import save_figure
 from .results import append_run, atomic_write, check_results_path, load_records, strict_json
 from .runs import check_folder, run_dir, train_experiment, validate
@@ -76,6 +80,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "best_epoch": attrs.get("best_epoch"),
         "seconds": attrs.get("seconds"),
         "worker": attrs.get("worker"),
+        "pack": attrs.get("pack", 1),  # trials trained together as one network (1: apart)
         "val_f1": attrs.get("val_f1"),  # per epoch
         **({"error": attrs["error"]} if "error" in attrs else {}),
     }
@@ -91,6 +96,7 @@ class SweepPlan:
     name: str  # study name, also the stem of its files
     storage: str  # Optuna storage URL
     sampler: str  # tpe | grid
+    pruner: str  # none | median
     trials: int  # this worker's trials at most
     max_trials: int  # the study's live trials at most, all workers together
     results_dir: Path  # trials file, figure, locks, default storage
@@ -111,23 +117,98 @@ def make_objective(plan: SweepPlan, data, teacher: FrozenTeacher, log):
         values = {p.name: p.suggest(trial) for p in plan.space}
         try:
             cfg = with_values(plan.cfg, values)
-            _, record = train_experiment(
-                plan.method, cfg, data, teacher, log=None, name=f"trial-{trial.number}", test=False
-            )
+            _, record = train_experiment(plan.method, cfg, data, teacher, log=None, name=f"trial-{trial.number}",
+                                         test=False, on_epoch=prune_hook(trial))  # fmt: skip
         except NonFiniteLossError as err:  # a diverging setting is a failed trial, not a failed sweep
             trial.set_user_attr("error", str(err))
             if log:
                 log(f"trial {trial.number}: {format_values(values)} diverged")
             raise
-        trial.set_user_attr("best_epoch", record.best_epoch)
-        trial.set_user_attr("seconds", record.seconds)
-        trial.set_user_attr("val_f1", [row["val_f1"] for row in record.history])
-        if log:
-            log(f"trial {trial.number}: {format_values(values)} -> val F1 {record.best_val_f1:.4f} "
-                f"(epoch {record.best_epoch}, {record.seconds:.1f}s)")  # fmt: skip
+        if describe_trial(trial, values, record, log):
+            raise optuna.TrialPruned()
         return record.best_val_f1
 
     return objective
+
+
+def describe_trial(trial: optuna.Trial, values: dict, record, log) -> bool:
+    """Store a trained trial's attributes (best epoch, seconds, per-epoch validation F1, pack) and log it; True
+    when its pruner stopped it early."""
+    pruned = len(record.history) < record.epochs
+    trial.set_user_attr("best_epoch", record.best_epoch)
+    trial.set_user_attr("seconds", record.seconds)
+    trial.set_user_attr("val_f1", [row["val_f1"] for row in record.history])
+    trial.set_user_attr("pack", record.get("pack", {"k": 1})["k"])
+    if log:
+        how = f"pruned after epoch {len(record.history)}" if pruned else f"epoch {record.best_epoch}"
+        log(f"trial {trial.number}: {format_values(values)} -> val F1 {record.best_val_f1:.4f} "
+            f"({how}, {record.seconds:.1f}s)")  # fmt: skip
+    return pruned
+
+
+def run_packed_trials(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeacher, log, k: int) -> None:
+    """This worker's trials, ``k`` at a time: asked of Optuna, trained as one pack (``packs.train_runs``), each
+    told its value, or pruned or failed. The cap (``--max-trials``) holds as in ``objective``, and each trial of a
+    pack sends its heartbeat while the pack trains (Optuna beats only inside ``study.optimize``)."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    left = plan.trials
+    while left > 0:
+        asked = []
+        for _ in range(min(k, left)):
+            with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": heartbeats()
+                warnings.simplefilter("ignore", UserWarning)
+                trial = study.ask()
+            if live_before(study, trial.number) >= plan.max_trials:
+                trial.set_user_attr("skipped", f"over --max-trials {plan.max_trials}")
+                study.tell(trial, state=TrialState.PRUNED)
+                left = 0
+                break
+            trial.set_user_attr("worker", worker)
+            asked.append((trial, {p.name: p.suggest(trial) for p in plan.space}))
+        if not asked:
+            return
+        left = max(0, left - len(asked))
+        cfgs = [with_values(plan.cfg, values) for _, values in asked]
+        with heartbeats(study, [t for t, _ in asked]):
+            outcomes = train_runs(plan.method, cfgs, data, teacher, log=None,
+                                  names=[f"trial-{t.number}" for t, _ in asked], test=False,
+                                  on_epochs=[prune_hook(t) for t, _ in asked])  # fmt: skip
+        for (trial, values), outcome in zip(asked, outcomes):
+            if outcome.error is not None:
+                trial.set_user_attr("error", str(outcome.error))
+                study.tell(trial, state=TrialState.FAIL)
+                if log:
+                    log(f"trial {trial.number}: {format_values(values)} diverged")
+            elif describe_trial(trial, values, outcome.record, log):
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, outcome.record.best_val_f1)
+
+
+@contextmanager
+def heartbeats(study: optuna.Study, trials: list[optuna.Trial]):
+    """Record each trial's heartbeat every ``HEARTBEAT_S`` while the block runs (a dead worker's trials are then
+    failed and queued again by the next worker, as ``study.optimize``'s are)."""
+    storage = study._storage  # noqa: SLF001 - ask/tell trials have no public heartbeat
+    if not hasattr(storage, "record_heartbeat") or storage.get_heartbeat_interval() is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat():
+        while True:
+            for trial in trials:
+                storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
+            if stop.wait(HEARTBEAT_S):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def format_values(values: dict) -> str:
@@ -144,8 +225,8 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     try:  # under a lock: workers starting together would race to create the tables and the study
         with study_lock(plan):
             storage = heartbeat_storage(url, engine_kwargs=kwargs)
-            study = optuna.create_study(storage=storage, sampler=make_sampler(plan), study_name=plan.name,
-                                        direction="maximize", load_if_exists=True)  # fmt: skip
+            study = optuna.create_study(storage=storage, sampler=make_sampler(plan), pruner=make_pruner(plan),
+                                        study_name=plan.name, direction="maximize", load_if_exists=True)  # fmt: skip
     except Exception as err:  # sqlalchemy's URL, driver and connection errors
         raise ValueError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     tuned = study.user_attrs.get("method", plan.method)
@@ -178,6 +259,24 @@ def make_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
     if plan.sampler == "grid":
         return optuna.samplers.GridSampler({p.name: list(p.grid()) for p in plan.space}, seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(plan: SweepPlan) -> optuna.pruners.BasePruner:
+    """``none``: every trial trains to the end; ``median``: a trial whose validation F1 at an epoch is below the
+    median of earlier trials' at that epoch stops there (after 5 complete trials and the first epoch)."""
+    if plan.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def prune_hook(trial: optuna.Trial):
+    """``on_epoch`` of a trial's run: reports its validation F1 per epoch; False (stop) when the pruner says so."""
+
+    def on_epoch(row: dict) -> bool:
+        trial.report(row["val_f1"], row["epoch"])
+        return not trial.should_prune()
+
+    return on_epoch
 
 
 def prepare_teacher_once(cfg: ExperimentConfig, data, log) -> FrozenTeacher:
@@ -292,8 +391,8 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     check_storage(storage)
     check_folder("--results-dir", results_dir)
     max_trials = args.trials if args.max_trials is None else args.max_trials
-    return SweepPlan(args.method, cfg, space, name, storage, args.sampler, args.trials, max_trials, results_dir,
-                     results_path)  # fmt: skip
+    return SweepPlan(args.method, cfg, space, name, storage, args.sampler, args.pruner, args.trials, max_trials,
+                     results_dir, results_path)  # fmt: skip
 
 
 def check_storage(url: str) -> None:
@@ -334,11 +433,15 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
     study = open_study(plan)
     data = prepare_data(plan.cfg.data)
     teacher = prepare_teacher_once(plan.cfg, data, log)
+    pack = resolve_pack(plan.cfg.pack, plan.cfg.train.device)
     if plan.trials and len(study.get_trials(deepcopy=False, states=LIVE)) < plan.max_trials:
-        study.optimize(
-            make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
-            callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
-        )  # fmt: skip
+        if pack > 1:  # trials trained K at a time as one network (a GPU's default)
+            run_packed_trials(plan, study, data, teacher, log, pack)
+        else:
+            study.optimize(
+                make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
+                callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
+            )  # fmt: skip
     summary = finish_sweep(plan, study, data, teacher, log)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     if (

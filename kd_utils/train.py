@@ -369,7 +369,7 @@ def fit(
     log: Callable[[str], None] | None = None,
     desc: str = "train",
     teacher_cache=None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict], bool | None] | None = None,
     select_best: bool = True,
 ) -> FitResult:
     """Train ``distiller`` (student + adapters) on ``data.train``, select by validation macro F1.
@@ -378,7 +378,8 @@ def fit(
     non-finite state); with ``resume`` a present ``last.pt`` is loaded and training goes on from the epoch
     after it. The best epoch's weights are loaded back before returning (the last epoch's with
     ``select_best=False``). ``teacher_cache`` (a ``TeacherCache``) serves the teacher targets of each epoch
-    when the method allows; ``on_epoch`` receives each history row (e.g. for TensorBoard). Before each epoch the
+    when the method allows; ``on_epoch`` receives each history row (e.g. for TensorBoard) and stops training after
+    it by returning False (a pruned sweep trial; the best epoch so far is loaded). Before each epoch the
     distiller is told it (``Distiller.start_epoch``), so methods can schedule their terms over training.
     """
     device = resolve_device(cfg.device)
@@ -458,8 +459,7 @@ def fit(
             result.best_epoch, result.best_val_f1 = epoch, row["val_f1"]
         if log:
             log(format_epoch(desc, row, cfg.epochs, improved and select_best))
-        if on_epoch:
-            on_epoch(row)
+        stop = on_epoch is not None and on_epoch(row) is False
         if ckpt_dir is not None:
             state = {
                 **trainable_state(distiller),
@@ -475,6 +475,8 @@ def fit(
             save_checkpoint(state, ckpt_dir / "last.pt")
         elif improved:  # without a checkpoint folder the best weights stay in memory
             best_state = {k: v.detach().clone() for k, v in distiller.state_dict().items()}
+        if stop:
+            break
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         best = load_checkpoint_file(ckpt_dir / "best.pt")
         distiller.student.load_state_dict(best["model"])

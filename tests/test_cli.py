@@ -393,11 +393,16 @@ def test_seeds_run_every_experiment_per_seed_with_one_teacher(capsys, tmp_path):
     assert code == 0, err
     runs = load_results(results)
     assert [(r["name"], r["config"]["train"]["seed"]) for r in runs] == [
-        ("teacher", 0), ("baseline", 0), ("logit", 0), ("baseline", 1), ("logit", 1),
-    ]  # fmt: skip
+        ("teacher", 0),
+        ("baseline", 0),
+        ("baseline", 1),
+        ("logit", 0),
+        ("logit", 1),
+    ]  # fmt: skip  (a method's seeds one after another: on a GPU they train as one pack)
     teacher_hashes = {r["teacher"]["weights_sha256"] for r in runs if r["name"] == "logit"}
     assert len(teacher_hashes) == 1  # one teacher shared by both student seeds
-    assert runs[2]["test"] != runs[4]["test"] or runs[2]["history"] != runs[4]["history"]
+    assert runs[3]["test"] != runs[4]["test"] or runs[3]["history"] != runs[4]["history"]
+    assert all(r["pack"] == {"k": 1} for r in runs[1:])  # the CPU's default: apart
 
 
 def test_tensorboard_logs_every_loss_part(capsys, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from subprocess import PIPE
 
 import pytest
@@ -193,3 +194,40 @@ def test_search_space_defaults_grids_and_caps():
     hint = next(p for p in search.search_space("fitnets", short) if p.name == "hint_epochs")
     assert hint.choices == (1, 2)  # capped at the run's epochs
     assert set(search.SEARCH_SPACES) == set(STUDENT_METHODS)  # one registry: kd_utils.distill
+
+
+def test_packed_sweep_trains_trials_as_one_network_with_unique_numbers_and_one_scoring(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--trials", "3", "--max-trials", "3", "--pack", "2", "--results-dir", str(results),
+            "--checkpoint-dir", str(ckpt), *SMALL]  # fmt: skip
+    code, out, err = run_sweep_cli(capsys, *args)
+    assert code == 0, err
+    name = "synthetic-logit-seed0"
+    trials = json.loads((results / f"{name}.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2] and {t["state"] for t in trials} == {"COMPLETE"}
+    assert [t["pack"] for t in trials] == [2, 2, 1]  # trials 0 and 1 as one pack; the third alone
+    runs = json.loads((results / f"{name}-best.json").read_text())["runs"]
+    best = max(trials, key=lambda t: (t["best_val_f1"], -t["number"]))
+    assert len(runs) == 1 and runs[0]["sweep"]["trial"] == best["number"]
+    # the chosen trial's packed checkpoints were loaded back by an ordinary run: the same validation curve
+    assert [row["val_f1"] for row in runs[0]["history"]] == best["val_f1"]
+    code, _, err = run_sweep_cli(capsys, *args)  # the cap holds: a second worker's trials are all skipped
+    assert code == 0, err
+    assert len(json.loads((results / f"{name}.json").read_text())["trials"]) == 3
+
+
+def test_a_pruner_stops_trials_at_the_epoch_it_says(capsys, ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "make_pruner", lambda plan: optuna.pruners.ThresholdPruner(upper=-1.0))
+    results = tmp_path / "sweeps"  # a pruner that stops every trial after its first epoch: two of three
+    args = ["--method", "logit", "--trials", "2", "--pruner", "median", "--results-dir", str(results),
+            "--checkpoint-dir", str(ckpt), *[a if a != "1" else "2" for a in SMALL]]  # fmt: skip
+    code, out, err = run_sweep_cli(capsys, *args)
+    assert code == 0, err
+    trials = json.loads((results / "synthetic-logit-seed0.json").read_text())["trials"]
+    assert {t["state"] for t in trials} == {"PRUNED"} and all(len(t["val_f1"]) == 1 for t in trials)
+    assert "pruned after epoch 1" in out
+
+
+def test_the_pruners_are_none_and_optunas_median():
+    assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="median")), optuna.pruners.MedianPruner)
+    assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="none")), optuna.pruners.NopPruner)
