@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from subprocess import PIPE
+from types import SimpleNamespace
 
 import pytest
 
