@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared check on a lent GPU, under 10 minutes in all: the device/precision tests on CUDA, the throughput
-# benchmark on CUDA, and a short Fashion-MNIST study on CUDA. Needs no network.
+# One prepared check on a lent GPU, under 10 minutes in all: the device/precision/packing tests on CUDA, the
+# throughput benchmark on CUDA (packed_speedup at K = 4, 8, 16 included), and a short Fashion-MNIST study on CUDA,
+# three seeds (each method's seeds trained as one pack). Needs no network.
 #
 #   benchmarks/gpu_check.sh OUTDIR
 #   GPU_CHECK_DRY_RUN=1 benchmarks/gpu_check.sh OUTDIR    # CPU, tiny sizes, synthetic data: checks the script
@@ -92,7 +93,7 @@ else
     device=cuda
     throughput_args=(--device cuda --json "$out/throughput-cuda.json")
     study_args=(--dataset fashion-mnist --data-dir "$data_dir" --no-download --train-size 10000 --epochs 3
-        --teacher-epochs 3 --device cuda --results-path "$out/study-cuda.json")
+        --teacher-epochs 3 --seeds 0 1 2 --device cuda --results-path "$out/study-cuda.json")  # seeds: one pack each
 fi
 note "gpu_check: repo $repo | python $py | device $device | dry run $dry_run | out $out"
 
@@ -113,7 +114,7 @@ if ! "$py" -c "import kd_utils" >/dev/null 2>&1; then # a bare interpreter: inst
     step install "$LIMIT_INSTALL" "$py" -m pip install --retries 1 --timeout 10 -r requirements.txt -e .
 fi
 
-step pytest "$LIMIT_PYTEST" "$py" -m pytest -q -p no:cacheprovider -k "cuda or precision or device" \
+step pytest "$LIMIT_PYTEST" "$py" -m pytest -q -p no:cacheprovider -k "cuda or precision or device or packed" \
     --junitxml "$out/pytest.xml" tests
 step throughput "$LIMIT_THROUGHPUT" "$py" benchmarks/throughput.py "${throughput_args[@]}"
 step study "$LIMIT_STUDY" "$py" -m kd_utils run --experiment all "${study_args[@]}" \

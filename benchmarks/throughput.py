@@ -8,7 +8,9 @@ with 0 and 2 workers, the same crop+flip+normalise on CIFAR-sized images; (2) a 
 student and of the teacher, and teacher inference; (3) one distillation step per method; (4) one epoch of
 logit distillation the project's way vs a reference loop (DataLoader + PIL, fp32, teacher under no_grad);
 (5) the shared teacher: a logit-KD ``fit`` that reads the teacher's logits from a filled ``TeacherCache``
-against the baseline student's ``fit`` (labels only), same data and epochs, and the cache's size per epoch.
+against the baseline student's ``fit`` (labels only), same data and epochs, and the cache's size per epoch;
+(6) packing: K whole student fits apart (seeds 0..K-1) against one ``fit_packed`` of the same K, for K in
+``--pack-ks``: ``packed_speedup`` = seconds apart / seconds packed, and the students' aggregated images/s.
 Images are random uint8 CIFAR-shaped tensors: speed does not depend on their content.
 """
 
@@ -34,6 +36,7 @@ from kd_utils.data import DataSplits, TensorLoader  # noqa: E402
 from kd_utils.datasets import DATASETS
 from kd_utils.distill import DistillConfig, build_distiller  # noqa: E402
 from kd_utils.models import build_model, fuse_batchnorm  # noqa: E402
+from kd_utils.packed_train import Member, fit_packed  # noqa: E402
 from kd_utils.teacher_cache import TeacherCache, state_hash  # noqa: E402
 from kd_utils.train import (  # noqa: E402
     EpochContext,
@@ -294,6 +297,41 @@ def bench_shared_teacher(images, labels, device, precision, batch_size, epochs, 
     }
 
 
+def packed_members(method: str, teacher, cfg: TrainConfig, k: int) -> list[Member]:
+    members = []
+    for seed in range(k):
+        torch.manual_seed(seed)
+        distiller = build_distiller(method, build_model("student_cnn"), teacher)
+        members.append(Member(distiller, TrainConfig(**{**vars(cfg), "seed": seed}), desc=f"seed {seed}"))
+    return members
+
+
+def bench_packed(images, labels, device, precision, batch_size, epochs, ks, method) -> dict:
+    """Seconds of ``k`` separate student fits (seeds 0..k-1, one after another) against one packed fit of the
+    same ``k`` (``packed_train.fit_packed``), same data, epochs and machine, for each ``k``; and the students'
+    aggregated training images per second (every student's images, validation included in the seconds)."""
+    data = benchmark_splits(images, labels)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, device=str(device), precision=precision, progress=False)
+    torch.manual_seed(0)
+    teacher = fuse_batchnorm(build_model("teacher_cnn")).eval() if method != "baseline" else None
+    timed_fit(method, teacher, data, cfg, None)  # warm-up: first-call allocations and kernel choices
+    student_images = len(data.train_y) * epochs
+    out = {"method": method, "epochs": epochs, "train_images": len(data.train_y), "k": {}}
+    for k in ks:
+        apart = sum(timed_fit(method, teacher, data, TrainConfig(**{**vars(cfg), "seed": s}), None) for s in range(k))
+        members = packed_members(method, teacher, cfg, k)
+        sync(device)
+        t0 = time.perf_counter()
+        fit_packed(members, data)
+        sync(device)
+        packed = time.perf_counter() - t0
+        out["k"][str(k)] = {
+            "apart_s": apart, "packed_s": packed, "packed_speedup": apart / packed,
+            "apart_images_per_s": k * student_images / apart, "packed_images_per_s": k * student_images / packed,
+        }  # fmt: skip
+    return out
+
+
 def describe(device: torch.device, dtype: torch.dtype) -> dict:
     return {
         "device": device_name(device),
@@ -316,10 +354,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd student and logit-KD steps")
     parser.add_argument("--fit-epochs", type=int, default=2, help="epochs of each shared-teacher fit")
     parser.add_argument("--fit-repeats", type=int, default=3, help="rounds of (baseline fit, cached logit-KD fit)")
+    parser.add_argument("--pack-ks", type=int, nargs="+", default=[4, 8, 16], help="pack sizes K to time")
+    parser.add_argument("--pack-method", default="baseline", help="the packed students' method (baseline: labels only)")
+    parser.add_argument("--pack-epochs", type=int, default=1, help="epochs of each packed and separate fit")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.short:
         args.images, args.repeats, args.batch_size, args.fit_epochs, args.fit_repeats = 512, 2, 64, 1, 1
+        args.pack_ks = [2]
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     g = torch.Generator().manual_seed(0)
@@ -343,6 +385,11 @@ def main(argv: list[str] | None = None) -> dict:
         images, labels, device, args.precision, args.batch_size, args.fit_epochs, args.fit_repeats
     )
     report["shared_teacher"] = shared
+    report["packed"] = bench_packed(
+        images, labels, device, args.precision, args.batch_size, args.pack_epochs, args.pack_ks, args.pack_method
+    )
+    report["packed_speedup"] = {k: v["packed_speedup"] for k, v in report["packed"]["k"].items()}
+    report["packed_images_per_s"] = {k: v["packed_images_per_s"] for k, v in report["packed"]["k"].items()}
 
     pipe, fast = report["pipeline_images_per_s"], report["fast_path_images_per_s"]
     report["pipeline_speedup"] = pipe["tensor_pipeline"] / pipe["dataloader_pil_2_workers"]
@@ -397,6 +444,13 @@ def format_report(r: dict) -> str:
         f"shared_teacher_ratio {r['shared_teacher_ratio']:.3f} | target <= {s['target']:.2f}: {verdict}{where} | "
         f"teacher cache per epoch: logits {b['logits']:,} B, hidden pooled maps {b['hidden_pooled']:,} B"
     )
+    p = r["packed"]
+    lines.append(f"packed {p['method']} students, {p['epochs']} epoch(s) of {p['train_images']:,} images each:")
+    for k, v in p["k"].items():
+        lines.append(
+            f"  K={k:>2}: {k} fits apart {v['apart_s']:.1f}s ({v['apart_images_per_s']:,.0f} img/s), one packed fit "
+            f"{v['packed_s']:.1f}s ({v['packed_images_per_s']:,.0f} img/s): packed_speedup {v['packed_speedup']:.2f}x"
+        )
     return "\n".join(lines)
 
 

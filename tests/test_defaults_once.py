@@ -32,6 +32,8 @@ CONFIG_FIELDS = {
     "regressor_loss": {"weights": "level_weights"},
     "soft_target_kl": {},  # temperature has no default
     "masked_cross_entropy": {},
+    "packed_cross_entropy": {},  # K students at once: each student's settings come as tensors, no defaults
+    "packed_kd_loss_terms": {},
 }
 
 

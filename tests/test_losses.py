@@ -673,3 +673,25 @@ def test_rkd_loss_errors():
         rkd_loss(t(RKD_S), t(RKD_T), distance_weight=-1.0)
     with pytest.raises(ValueError, match="angle_weight"):
         rkd_loss(t(RKD_S), t(RKD_T), angle_weight=math.nan)
+
+
+def test_packed_losses_are_each_students_own():
+    """K students in one call (kd_utils.packed_train): each one's CE and T^2-scaled KL at its own T and alpha."""
+    from kd_utils.losses import kd_loss_terms, masked_cross_entropy, packed_cross_entropy, packed_kd_loss_terms
+
+    g = torch.Generator().manual_seed(0)
+    b, k, n = 6, 3, 5
+    student, teacher = torch.randn(b, k, n, generator=g), torch.randn(b, k, n, generator=g)
+    targets = torch.randint(0, n, (k, b), generator=g)
+    targets[1, :4] = -100  # student 1: two labeled images; student 2 none
+    targets[2] = -100
+    temperature, alpha = torch.tensor([1.0, 4.0, 2.5]), torch.tensor([0.0, 0.9, 0.5])
+    total, ce, kl = packed_kd_loss_terms(student, teacher, targets, temperature, alpha)
+    for i in range(k):
+        expected = kd_loss_terms(student[:, i], teacher[:, i], targets[i], temperature[i].item(), alpha[i].item())
+        for got, want in zip((total[i], ce[i], kl[i]), expected):
+            assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(
+            packed_cross_entropy(student, targets)[i], masked_cross_entropy(student[:, i], targets[i])
+        )
+    assert ce[2] == 0  # no label: no cross-entropy, as masked_cross_entropy

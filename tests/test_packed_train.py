@@ -194,3 +194,12 @@ def test_train_runs_packs_seeds_into_ordinary_records_and_run_folders(experiment
     if experiment == "baseline":  # the cache: a later run of the same setting loads the packed run's weights
         _, again = train_experiment("baseline", cfgs[1], data, log=None)
         assert again.extra.get("cached") and again.test == packed[1].record.test
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_members_equal_their_runs_apart_on_cuda(data, teacher):
+    cfg = train_cfg(batch_size=192, device="cuda", deterministic=True)  # one step; cuDNN's choice of kernels differs
+    apart, members, outcomes = apart_and_packed("logit", data, teacher, cfg)  # between grouped and plain convs
+    for (d, _), m, outcome in zip(apart, members, outcomes):
+        assert outcome.finished
+        assert_same_weights(d.student.cpu(), m.distiller.student.cpu(), rtol=1e-4, atol=1e-5)
