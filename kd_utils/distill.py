@@ -45,11 +45,12 @@ from .losses import (
     masked_cross_entropy,
     regressor_loss,
     rkd_loss,
+    standardize_logits,
 )
 
 # Fields added after the stored study, at the value that reproduces the old behaviour: left out of
 # ``shaping_dict`` there, so the run folders named by its hash keep their names.
-NO_OP_DEFAULTS = {"dkd_warmup_epochs": 0}
+NO_OP_DEFAULTS = {"dkd_warmup_epochs": 0, "logit_standardization": False}
 
 MAX_TEMPERATURE = 1000.0  # T^2 scales the soft-target terms; far past any paper's T (1-20), it would overflow
 
@@ -70,6 +71,7 @@ class DistillConfig:
     dist_beta: float = DIST_BETA  # DIST: weight of the inter-class (per-sample) relation (Huang et al. 2022)
     dist_gamma: float = DIST_GAMMA  # DIST: weight of the intra-class (per-class) relation
     dist_temperature: float = DIST_TEMPERATURE  # DIST: softmax temperature
+    logit_standardization: bool = False  # logit KD, DKD, DIST: z-score each sample's logits (teacher and student) before the temperature softmax (Sun et al. 2024)
     at_weight: float = 1000.0  # attention transfer: weight beta of the attention term (Zagoruyko & Komodakis)
     at_p: float = AT_P  # attention transfer: attention map = mean over channels of |F|^p, p >= 1
     rkd_distance_weight: float = RKD_DISTANCE_WEIGHT  # RKD: weight of the distance-wise term (Park et al. 2019)
@@ -221,7 +223,10 @@ class LogitDistiller(Distiller):
     needs = ("logits",)
 
     def loss(self, logits, feats, y, targets):
-        total, ce, kd = kd_loss_terms(logits, targets["logits"], y, self.cfg.temperature, self.cfg.alpha)
+        cfg = self.cfg
+        total, ce, kd = kd_loss_terms(
+            logits, targets["logits"], y, cfg.temperature, cfg.alpha, cfg.logit_standardization
+        )
         return total, {"ce": ce, "kd": kd}
 
 
@@ -307,10 +312,19 @@ class DKDDistiller(Distiller):
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        kd = dkd_loss(logits, targets["logits"], y, self.cfg.dkd_alpha, self.cfg.dkd_beta, self.cfg.temperature)
+        student, teacher = kd_logits(logits, targets["logits"], self.cfg)
+        kd = dkd_loss(student, teacher, y, self.cfg.dkd_alpha, self.cfg.dkd_beta, self.cfg.temperature)
         if self.cfg.dkd_warmup_epochs > 0:
             kd = self.warmup * kd
         return ce + kd, {"ce": ce, "kd": kd}
+
+
+def kd_logits(student: Tensor, teacher: Tensor, cfg: DistillConfig) -> tuple[Tensor, Tensor]:
+    """The logits a soft-target term compares: standardized (``losses.standardize_logits``) with
+    ``logit_standardization``, else as they are. Cross-entropy always reads the raw logits."""
+    if cfg.logit_standardization:
+        return standardize_logits(student), standardize_logits(teacher)
+    return student, teacher
 
 
 def dkd_warmup(epoch: int, warmup_epochs: int) -> float:
@@ -325,7 +339,8 @@ class DISTDistiller(Distiller):
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
-        kd = dist_loss(logits, targets["logits"], self.cfg.dist_beta, self.cfg.dist_gamma, self.cfg.dist_temperature)
+        student, teacher = kd_logits(logits, targets["logits"], self.cfg)
+        kd = dist_loss(student, teacher, self.cfg.dist_beta, self.cfg.dist_gamma, self.cfg.dist_temperature)
         return ce + kd, {"ce": ce, "kd": kd}
 
 

@@ -60,6 +60,18 @@ def masked_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return total / (targets >= 0).sum().clamp_min(1)
 
 
+STANDARDIZATION_EPS = 1e-7  # the reference code's guard against a sample whose logits are all equal
+
+
+def standardize_logits(logits: Tensor) -> Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): each sample's logits z-scored over the classes,
+    ``(z - mean(z)) / (std(z) + 1e-7)`` with Bessel's correction (the reference code's ``torch.std``). Applied to
+    teacher and student before the temperature softmax, so the student matches the teacher's logit relations
+    and not their scale: logits ``a * z + b`` (``a > 0``) standardize to the same values as ``z``."""
+    z = logits.float()
+    return (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + STANDARDIZATION_EPS)
+
+
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Hinton et al. 2015: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, KL summed over classes and
     averaged over the batch (``batchmean``). The T^2 keeps gradient magnitudes comparable across T."""
@@ -76,11 +88,15 @@ def kd_loss_terms(
     targets: Tensor,
     temperature: float = KD_TEMPERATURE,
     alpha: float = KD_ALPHA,
+    standardize: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(total, ce, kl)`` of ``kd_loss``: the total and its two terms, each computed once."""
+    """``(total, ce, kl)`` of ``kd_loss``: the total and its two terms, each computed once. With ``standardize``
+    the KL compares ``standardize_logits`` of both (Sun et al. 2024); the cross-entropy always reads the raw logits."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     ce = masked_cross_entropy(student_logits, targets)
+    if standardize:
+        student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
     kl = soft_target_kl(student_logits, teacher_logits, temperature)
     return (1 - alpha) * ce + alpha * kl, ce, kl
 
@@ -91,9 +107,11 @@ def kd_loss(
     targets: Tensor,
     temperature: float = KD_TEMPERATURE,
     alpha: float = KD_ALPHA,
+    standardize: bool = False,
 ) -> Tensor:
-    """``(1 - alpha) * CE(s, y) + alpha * soft_target_kl(s, t, T)``; CE over labeled targets only."""
-    return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha)[0]
+    """``(1 - alpha) * CE(s, y) + alpha * soft_target_kl(s, t, T)``; CE over labeled targets only; with
+    ``standardize`` the KL reads standardized logits (``kd_loss_terms``)."""
+    return kd_loss_terms(student_logits, teacher_logits, targets, temperature, alpha, standardize)[0]
 
 
 def packed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -104,14 +122,22 @@ def packed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def packed_kd_loss_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, temperature: Tensor, alpha: Tensor
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    temperature: Tensor,
+    alpha: Tensor,
+    standardize: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``kd_loss_terms`` of K students at once, each with its own ``temperature`` and ``alpha`` (``(K,)``
-    tensors): logits ``(B, K, N)``, targets ``(K, B)`` -> ``(total, ce, kl)``, each ``(K,)``. The KL is
+    """``kd_loss_terms`` of K students at once, each with its own ``temperature``, ``alpha`` and ``standardize``
+    (``(K,)`` tensors): logits ``(B, K, N)``, targets ``(K, B)`` -> ``(total, ce, kl)``, each ``(K,)``. The KL is
     ``soft_target_kl``'s: summed over classes, averaged over the batch, times ``T^2``."""
     t = temperature.float().view(1, -1, 1)
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=2)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=2)
+    on = standardize.view(1, -1, 1)
+    student = torch.where(on, standardize_logits(student_logits), student_logits.float())
+    teacher = torch.where(on, standardize_logits(teacher_logits), teacher_logits.float())
+    log_p_student = F.log_softmax(student / t, dim=2)
+    log_p_teacher = F.log_softmax(teacher / t, dim=2)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum((0, 2)) / len(student_logits)
     kl = temperature.float() ** 2 * kl
     ce = packed_cross_entropy(student_logits, targets)

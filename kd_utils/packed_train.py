@@ -370,11 +370,11 @@ def retire(packed: PackedNet, opt: torch.optim.Optimizer, plan: ParamPlan, i: in
 
 
 def epoch_teacher_targets(members, streams, stream_of, dtype) -> dict:
-    """This epoch's stored teacher targets per (stream, target spec), from each stream's teacher cache; groups
+    """This epoch's stored teacher targets per (stream, target spec, teacher), from each stream's teacher cache; groups
     without a cache (or whose method needs the full maps) are computed step by step in ``PackedStep``."""
     out = {}
     for i, m in enumerate(members):
-        key = (stream_of[i], m.distiller.target_spec())
+        key = (stream_of[i], m.distiller.target_spec(), id(m.distiller.teacher))
         if key not in out and m.cache is not None and m.distiller.cacheable:
             out[key] = m.cache.epoch_targets(m.distiller, streams[stream_of[i]], dtype)
     return out
@@ -395,11 +395,11 @@ class PackedStep:
     epoch_targets: dict | None = None
 
     def teacher_targets(self, xs: list[Tensor], step: int, batch_size: int) -> list[dict]:
-        """Each member's teacher targets for this step: one slice or one teacher forward per (stream, spec)."""
+        """Each member's teacher targets for this step: one slice or one teacher forward per (stream, spec, teacher)."""
         groups: dict[tuple, dict] = {}
         out = []
         for i, m in enumerate(self.members):
-            key = (self.stream_of[i], m.distiller.target_spec())
+            key = (self.stream_of[i], m.distiller.target_spec(), id(m.distiller.teacher))
             if key not in groups:
                 if not m.distiller.needs:
                     groups[key] = {}
@@ -422,7 +422,8 @@ class PackedStep:
             teacher = torch.stack([t["logits"] for t in targets], dim=1)  # (B, K, N)
             temperature = logits.new_tensor([m.distiller.cfg.temperature for m in self.members], dtype=torch.float32)
             alpha = logits.new_tensor([m.distiller.cfg.alpha for m in self.members], dtype=torch.float32)
-            total, ce, kd = packed_kd_loss_terms(logits, teacher, ys, temperature, alpha)
+            standardize = torch.tensor([m.distiller.cfg.logit_standardization for m in self.members], device=ys.device)
+            total, ce, kd = packed_kd_loss_terms(logits, teacher, ys, temperature, alpha, standardize)
             return total, {"ce": ce, "kd": kd}
         totals, parts = [], {}
         for i, m in enumerate(self.members):

@@ -17,8 +17,8 @@ from kd_utils.train import TrainConfig
 
 # {loss function: {keyword: the DistillConfig field that sets it}}
 CONFIG_FIELDS = {
-    "kd_loss": {"temperature": "temperature", "alpha": "alpha"},
-    "kd_loss_terms": {"temperature": "temperature", "alpha": "alpha"},
+    "kd_loss": {"temperature": "temperature", "alpha": "alpha", "standardize": "logit_standardization"},
+    "kd_loss_terms": {"temperature": "temperature", "alpha": "alpha", "standardize": "logit_standardization"},
     "dkd_loss": {"alpha": "dkd_alpha", "beta": "dkd_beta", "temperature": "temperature"},
     "dist_loss": {"beta": "dist_beta", "gamma": "dist_gamma", "temperature": "dist_temperature"},
     "hidden_state_loss": {
@@ -34,6 +34,7 @@ CONFIG_FIELDS = {
     "masked_cross_entropy": {},
     "packed_cross_entropy": {},  # K students at once: each student's settings come as tensors, no defaults
     "packed_kd_loss_terms": {},
+    "standardize_logits": {},
 }
 
 

@@ -352,12 +352,13 @@ def test_dkd_warmup_keeps_checkpoints_and_state_dicts_as_before():
 
 
 def test_shaping_dict_leaves_out_new_fields_at_their_no_op_value():
-    assert NO_OP_DEFAULTS == {"dkd_warmup_epochs": 0}
+    assert NO_OP_DEFAULTS == {"dkd_warmup_epochs": 0, "logit_standardization": False}
     default = DistillConfig().shaping_dict()
-    assert "dkd_warmup_epochs" not in default
+    assert "dkd_warmup_epochs" not in default and "logit_standardization" not in default
     assert set(default) == {f.name for f in fields(DistillConfig)} - set(NO_OP_DEFAULTS)
     assert DistillConfig(dkd_warmup_epochs=20).shaping_dict() == {**default, "dkd_warmup_epochs": 20}
     assert DistillConfig(alpha=0.5).shaping_dict() == {**default, "alpha": 0.5}
+    assert DistillConfig(logit_standardization=True).shaping_dict() == {**default, "logit_standardization": True}
 
 
 # --- adapters and FitNets stage 1 ---------------------------------------------------------------------------
@@ -578,3 +579,31 @@ def test_timm_pair_trains_one_step_of_every_method(method, timm_teachers):
 @pytest.mark.parametrize("method", ["hint", "logit+regressor"])
 def test_timm_pair_one_channel_28px(method, timm_teachers):
     timm_step(method, timm_teachers[1], channels=1, size=28)
+
+
+@pytest.mark.parametrize("method", ["logit", "dkd", "dist", "logit+hidden"])
+def test_logit_standardization_feeds_standardized_logits_to_the_soft_terms_only(method):
+    """With --logit-standardization the teacher term reads z-scored logits of both; CE reads the raw ones."""
+    from kd_utils.distill import DistillConfig, build_distiller
+    from kd_utils.losses import dist_loss, dkd_loss, masked_cross_entropy, soft_target_kl, standardize_logits
+    from kd_utils.models import build_model
+
+    torch.manual_seed(0)
+    student, teacher = build_model("student_cnn", 3, 10), build_model("teacher_cnn", 3, 10).eval()
+    cfg = DistillConfig(logit_standardization=True, temperature=2.0)
+    distiller = build_distiller(method, student, teacher, cfg)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    targets = distiller.teacher_targets(x)
+    feats = student.forward_features(x)
+    logits = student.forward_head(feats[-1])
+    _, parts = distiller.loss(logits, feats, y, targets)
+    s, t = standardize_logits(logits), standardize_logits(targets["logits"])
+    expected = {
+        "logit": soft_target_kl(s, t, 2.0), "logit+hidden": soft_target_kl(s, t, 2.0),
+        "dkd": dkd_loss(s, t, y, cfg.dkd_alpha, cfg.dkd_beta, 2.0),
+        "dist": dist_loss(s, t, cfg.dist_beta, cfg.dist_gamma, cfg.dist_temperature),
+    }[method]  # fmt: skip
+    assert torch.allclose(parts["kd"], expected, rtol=1e-5)
+    assert torch.allclose(parts["ce"], masked_cross_entropy(logits, y))
+    off = build_distiller(method, student, teacher, DistillConfig(temperature=2.0)).loss(logits, feats, y, targets)[1]
+    assert not torch.allclose(off["kd"], parts["kd"])  # the flag changes the term

@@ -686,12 +686,50 @@ def test_packed_losses_are_each_students_own():
     targets[1, :4] = -100  # student 1: two labeled images; student 2 none
     targets[2] = -100
     temperature, alpha = torch.tensor([1.0, 4.0, 2.5]), torch.tensor([0.0, 0.9, 0.5])
-    total, ce, kl = packed_kd_loss_terms(student, teacher, targets, temperature, alpha)
+    standardize = torch.tensor([False, True, False])
+    total, ce, kl = packed_kd_loss_terms(student, teacher, targets, temperature, alpha, standardize)
     for i in range(k):
-        expected = kd_loss_terms(student[:, i], teacher[:, i], targets[i], temperature[i].item(), alpha[i].item())
+        t, a, z = temperature[i].item(), alpha[i].item(), bool(standardize[i])
+        expected = kd_loss_terms(student[:, i], teacher[:, i], targets[i], t, a, z)
         for got, want in zip((total[i], ce[i], kl[i]), expected):
             assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
         assert torch.allclose(
             packed_cross_entropy(student, targets)[i], masked_cross_entropy(student[:, i], targets[i])
         )
     assert ce[2] == 0  # no label: no cross-entropy, as masked_cross_entropy
+
+
+def test_standardize_logits_by_hand():
+    """Sun et al. 2024: (z - mean) / (std + 1e-7), std with Bessel's correction."""
+    from kd_utils.losses import standardize_logits
+
+    z = standardize_logits(torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 3.0]]))
+    root3 = math.sqrt(3)  # [0, 0, 3]: mean 1, std sqrt((1 + 1 + 4) / 2)
+    expected = torch.tensor([[-1.0, 0.0, 1.0], [-1 / root3, -1 / root3, 2 / root3]])
+    assert torch.allclose(z, expected, atol=1e-6)
+
+
+def test_standardized_kd_by_hand_and_its_invariance():
+    from kd_utils.losses import kd_loss_terms
+
+    student, teacher = torch.tensor([[0.0, 0.0, 3.0]]), torch.tensor([[1.0, 2.0, 3.0]])
+    t = 2.0
+    s_std = [-1 / math.sqrt(3), -1 / math.sqrt(3), 2 / math.sqrt(3)]
+    t_std = [-1.0, 0.0, 1.0]
+
+    def log_softmax(v):
+        m = math.log(sum(math.exp(x / t) for x in v))
+        return [x / t - m for x in v]
+
+    lt, ls = log_softmax(t_std), log_softmax(s_std)
+    kl = t**2 * sum(math.exp(a) * (a - b) for a, b in zip(lt, ls))
+    ce = -math.log(math.exp(3.0) / (2 + math.exp(3.0)))  # label 2, raw logits
+    total, got_ce, got_kl = kd_loss_terms(student, teacher, torch.tensor([2]), t, 0.75, standardize=True)
+    assert got_kl.item() == pytest.approx(kl, rel=1e-5) and got_ce.item() == pytest.approx(ce, rel=1e-6)
+    assert total.item() == pytest.approx(0.25 * ce + 0.75 * kl, rel=1e-5)
+    # logits a * z + b (a > 0) standardize alike: a student that matches the teacher's relations has KL 0
+    scaled = 3 * teacher + 5
+    assert kd_loss_terms(scaled, teacher, torch.tensor([2]), t, 1.0, standardize=True)[2].item() == pytest.approx(
+        0, abs=1e-6
+    )
+    assert kd_loss_terms(scaled, teacher, torch.tensor([2]), t, 1.0)[2].item() > 0.1
