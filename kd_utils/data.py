@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ class DataConfig:
     val_size: int | None = None  # validation images carved from train, stratified; None: the dataset's default_val_size
     train_size: int | None = None  # stratified training subset for quick runs; None: all
     test_size: int | None = None  # stratified test subset; None: all
-    labeled_fraction: float = 1.0  # stratified share of training labels used, in (0, 1]; teacher terms see all images
+    labeled_fraction: float = 1.0  # stratified share of training labels used, in (0, 1]; teacher terms see all images, validation keeps the same share of its images
     seed: int = 0  # seed of the validation split and the subsets (kept fixed across --seeds)
 
     def validate(self) -> None:
@@ -83,6 +83,14 @@ class DataSplits:
     @property
     def labeled(self) -> Tensor:
         return self.train_y >= 0
+
+    def labeled_only(self) -> DataSplits:
+        """These splits with the training images reduced to the labeled ones: what a labels-only run (the
+        baseline, a teacher of the few-label setting) trains on, so that none of its steps is without labels."""
+        keep = self.labeled
+        if bool(keep.all()):
+            return self
+        return replace(self, train_x=self.train_x[keep], train_y=self.train_y[keep])
 
     def sizes(self) -> dict[str, int]:
         return {
@@ -171,7 +179,24 @@ def prepare_data(cfg: DataConfig) -> DataSplits:
         unlabeled, _ = stratified_subset(train_y, n_labeled, cfg.seed + 3)
         train_y = train_y.clone()
         train_y[unlabeled] = UNLABELED
+        # a user with a fraction f of the labels has f of the validation labels too: selection sees no more
+        n_val = min(len(val_y) - info.num_classes, max(info.num_classes, round(cfg.labeled_fraction * len(val_y))))
+        _, keep = stratified_subset(val_y, n_val, cfg.seed + 4)
+        val_x, val_y = val_x[keep], val_y[keep]
     return DataSplits(info, train_x, train_y, val_x, val_y, test_x, test_y)
+
+
+FEW_LABEL_PROTOCOL = 2  # names few-label runs made since 2026-12-01: labeled-only epochs for labels-only runs,
+# validation at the same fraction (protocol 1, the stored study's: every epoch walked all images, full validation)
+
+
+def data_shaping(cfg: DataConfig, keys: tuple[str, ...]) -> dict:
+    """The data settings that name a run's folder: ``keys``, and for a few-label run its protocol, so a run of
+    the earlier protocol is never resumed or reloaded as one of this one (full-label runs keep their names)."""
+    shaped = {k: getattr(cfg, k) for k in keys}
+    if cfg.labeled_fraction < 1:
+        shaped["few_label_protocol"] = FEW_LABEL_PROTOCOL
+    return shaped
 
 
 # --- Batches --------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .runs import (
     run_dir,
     teacher_cache_for,
     train_experiment,
+    training_data,
 )
 from .tensorboard_log import tensorboard_logger
 from .train import FitResult, NonFiniteLossError, fit
@@ -164,7 +165,8 @@ def _train_pack(experiment, cfgs, data, teachers, names, roles, test, on_epochs,
         closers.append(close)
         members.append(Member(distillers[i], train_cfg, folders[i], labels[i], cache, chain(board, on_epochs[i])))
     try:
-        outcomes = fit_packed(members, data, resume, log) if len(members) > 1 else [fit_alone(m, data, resume, log)
+        fit_data = training_data(method, data)  # labels-only runs (teacher, baseline) walk the labeled images
+        outcomes = fit_packed(members, fit_data, resume, log) if len(members) > 1 else [fit_alone(m, fit_data, resume, log)
                                                                                       for m in members]  # fmt: skip
     finally:
         for close in closers:
@@ -180,6 +182,7 @@ def _train_pack(experiment, cfgs, data, teachers, names, roles, test, on_epochs,
             extra["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "folder": cache.folder.name}
         extra["adapter_params"] = count_parameters(member.distiller.adapters)
         extra["pack"] = pack_info
+        extra["train_images"] = len(fit_data.train_y)
         role = roles[i] or (experiment if experiment in ("teacher", "baseline") else "method")
         record = finish_record(experiment, cfgs[i], data, teachers[i], models[i], outcome.result, extra, labels[i],
                                role, started, test)  # fmt: skip

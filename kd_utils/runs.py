@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
-from .data import DataSplits, TensorLoader
+from .data import DataSplits, TensorLoader, data_shaping
 from .datasets import dataset_info
 from .distill import STUDENT_METHODS, TWO_STAGE, build_distiller, matched_levels
 from .metrics import classification_metrics
@@ -161,7 +161,7 @@ def shaping(section: object, keys: tuple[str, ...]) -> dict:
 
 def run_dir(cfg: ExperimentConfig, experiment: str, teacher: FrozenTeacher | None = None) -> Path:
     """Checkpoint folder of one run, named by the settings that shape it (so a changed setting never resumes)."""
-    seed, data = cfg.train.seed, shaping(cfg.data, DATA_KEYS)
+    seed, data = cfg.train.seed, data_shaping(cfg.data, DATA_KEYS)
     if experiment == "teacher":
         keys = {"data": data, "train": shaping(cfg.teacher_train_config(), TRAIN_KEYS), "arch": cfg.teacher}
         return (
@@ -253,11 +253,20 @@ def _fit_method(
         extra = {"hint_history": stage1.history, "hint_seconds": stage1.seconds, "hint_trained_on": stage1.trained_on}
         method = second
     distiller = build_distiller("baseline" if method == "teacher" else method, model, teacher_model, cfg.distill)
-    result = fit(distiller, data, train_cfg, folder, cfg.resume, log, name, cache, on_epoch)
+    fit_data = training_data(method, data)
+    result = fit(distiller, fit_data, train_cfg, folder, cfg.resume, log, name, cache, on_epoch)
+    extra["train_images"] = len(fit_data.train_y)  # per epoch: a labels-only run of a few-label study walks its labels
     if cache is not None and distiller.cacheable:
         extra["teacher_cache"] = {"hits": cache.hits, "misses": cache.misses, "folder": cache.folder.name}
     extra["adapter_params"] = count_parameters(distiller.adapters)
     return model, result, extra
+
+
+def training_data(method: str, data: DataSplits) -> DataSplits:
+    """What a run trains on: labels-only runs (the baseline, a teacher) the labeled images alone, so that with a
+    fraction of the labels none of their steps is without labels; distilled students every image (the teacher's
+    terms need no label)."""
+    return data.labeled_only() if method in ("teacher", "baseline") else data
 
 
 def last_epoch_model(model: nn.Module, folder: Path) -> nn.Module | None:

@@ -32,6 +32,7 @@ STUDY_SEEDS = (0, 1, 2)  # training seeds of the multi-seed comparisons
 CANDIDATES = ("logit", "hidden", "regressor")  # notebooks 01-03 at the defaults; 04 trains the best again, longer
 LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
 FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
+SEMI_SUPERVISED = "-semi"  # name suffix of few-label runs distilled from a teacher trained on those labels alone
 SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
 SWEEP_SEED = 0  # the sweeps' training seed
 SWEEP_SETTINGS = {"epochs": 5, "trials": 6}  # per method: trials of this many epochs (`make sweeps`)
@@ -147,17 +148,21 @@ def compare_methods(
     sweeps_dir: str | Path | None = None,
     results_path: str | Path | None = None,
     log: Log = print,
+    variant: str = "",
+    baseline: bool = True,
 ) -> list[RunRecord]:
     """Every method at its tuned setting (``tuned_settings``, else the defaults) and the baseline, once per
     training seed, all with the same teacher; each record appended to ``results_path``. A run at a sweep's
-    setting is named ``<method>-tuned``, so it never shadows a run of the same method at the defaults."""
+    setting is named ``<method>-tuned``, so it never shadows a run of the same method at the defaults;
+    ``variant`` is appended to the methods' names (``-semi``: distilled from a few-label teacher), and
+    ``baseline=False`` leaves the labels-only runs out (a variant shares them)."""
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
     seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
-    runs = [("baseline", "baseline", seed_cfgs, None)]
+    runs = [("baseline", "baseline", seed_cfgs, None)] if baseline else []
     for method in methods:
         tuned, _ = settings[method]
         distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
-        name = f"{method}-tuned" if tuned else method  # apart from notebooks 01-03's runs at the defaults
+        name = (f"{method}-tuned" if tuned else method) + variant  # apart from 01-03's runs at the defaults
         runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs], teacher))
     records = []
 
@@ -180,13 +185,27 @@ def few_label_runs(
     sweeps_dir: str | Path | None = None,
     results_path: str | Path | None = None,
     log: Log = print,
+    semi_supervised: bool = True,
 ) -> list[RunRecord]:
-    """Notebook 05: ``method`` and the baseline with each of ``FEW_LABEL_FRACTIONS`` of the training labels."""
+    """Notebook 05: ``method`` and the baseline with each of ``FEW_LABEL_FRACTIONS`` of the training labels.
+
+    Labels-only runs walk the labeled images alone (``runs.training_data``), validation keeps the same fraction
+    of its images (``prepare_data``). ``method`` learns from the all-label ``teacher`` (named as usual) and, with
+    ``semi_supervised``, from a teacher trained on the labeled fraction alone (``teacher@<f>labels``; the
+    students ``<method>-semi@<f>labels``): the setting in which no label beyond the fraction is ever seen.
+    """
     records = []
     for fraction in FEW_LABEL_FRACTIONS:
         few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
         few_data = prepare_data(few_cfg.data)
         records += compare_methods(few_cfg, few_data, teacher, [method], seeds, sweeps_dir, results_path, log)
+        if semi_supervised:
+            few_teacher = prepare_teacher(few_cfg, few_data, log)
+            records.append(few_teacher.record)
+            if results_path is not None:
+                append_run(results_path, few_teacher.record, replace_same_run=True)
+            records += compare_methods(few_cfg, few_data, few_teacher, [method], seeds, sweeps_dir, results_path,
+                                       log, variant=SEMI_SUPERVISED, baseline=False)  # fmt: skip
     return records
 
 
