@@ -330,11 +330,15 @@ def _attention_map(x: Tensor, p: float) -> Tensor:
     """``normalize(mean_c |x|^p)`` per sample, flattened: (B, C, H, W) -> (B, H*W), L2 norm 1.
 
     The map is computed from ``x / max|x|`` (per sample, detached): ``normalize`` makes the result
-    invariant to that positive scale, and it keeps ``|x|^p`` in float32 range for large activations or p.
+    invariant to that positive scale, and it keeps ``|x|^p`` in float32 range for large activations or p. A
+    sample whose activations all lie below float32's normal range (denormals, zeros) has no attention map (zeros,
+    zero gradient): its scale-invariant gradient, ~1/|x|, would overflow.
     """
     x = x.float()
-    scale = x.detach().abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    return F.normalize((x / scale).abs().pow(p).mean(dim=1).flatten(1), dim=1)
+    tiny = torch.finfo(torch.float32).tiny
+    scale = x.detach().abs().amax(dim=(1, 2, 3), keepdim=True)
+    x = torch.where(scale >= tiny, x / scale.clamp_min(tiny), torch.zeros_like(x))
+    return F.normalize(x.abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 def attention_transfer_loss(

@@ -733,3 +733,16 @@ def test_standardized_kd_by_hand_and_its_invariance():
         0, abs=1e-6
     )
     assert kd_loss_terms(scaled, teacher, torch.tensor([2]), t, 1.0)[2].item() > 0.1
+
+
+def test_attention_transfer_of_denormal_activations_has_finite_gradients():
+    """Found by hypothesis: activations below float32's normal range gave an infinite gradient (1/|x| overflows)."""
+    from kd_utils.losses import attention_transfer_loss
+
+    student = torch.full((1, 1, 1, 1), 5.6052e-45, requires_grad=True)
+    loss = attention_transfer_loss([student], [torch.zeros(1, 1, 1, 1)])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(student.grad).all()
+    normal = torch.rand(2, 3, 4, 4, requires_grad=True)  # ordinary maps: unchanged, nonzero gradients
+    attention_transfer_loss([normal], [torch.rand(2, 5, 4, 4)]).backward()
+    assert normal.grad.abs().sum() > 0
