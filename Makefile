@@ -1,6 +1,7 @@
 # Two entry points for a fresh clone; each sets up what it needs first.
 #   make demo   every method once on 10,000 Fashion-MNIST images, 3 epochs (offline, CPU, a few minutes); summary table
-#   make test   the test suite: pytest tests/ (with and without the optional packages), then the notebooks (nbval)
+#   make test   the test suite: pytest tests/ (with and without the optional packages), then the notebooks (nbval);
+#               installs Debian's postgresql first: tests/test_sweep_postgres.py runs a sweep on a throwaway server
 #   make report re-render Pictures/ and the README tables from results/
 #   make sweeps tune every method on validation F1 (short Optuna sweeps), before the study
 #   make study  the stored full-profile study: notebooks 00-05 on Fashion-MNIST, outputs kept in notebooks/
@@ -9,8 +10,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
+APT    := DEBIAN_FRONTEND=noninteractive apt-get install -y
 
-.PHONY: setup data demo test report study sweeps lint
+.PHONY: setup data postgres demo test report study sweeps lint
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +26,15 @@ data:  # Debian's Fashion-MNIST: the offline dataset (CIFAR-10 needs the network
 	@[ -d $(FMNIST) ] || $(SUDO) apt-get install -y dataset-fashion-mnist \
 	  || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
 
+postgres:  # Debian's PostgreSQL server binaries (initdb, pg_ctl): the PostgreSQL sweep test starts its own server
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+	  || $(SUDO) $(APT) postgresql || ($(SUDO) apt-get update && $(SUDO) $(APT) postgresql)
+
 demo: setup data
 	$(PY) -m kd_utils run --experiment all --dataset fashion-mnist --train-size 10000 --epochs 3 --teacher-epochs 3 \
 	  --hint-epochs 2 --checkpoint-dir runs/demo-checkpoints --results-path runs/demo.json --no-progress
 
-test: setup data  # unit tests; again as without the optional packages; every notebook in the smoke profile (nbval)
+test: setup data postgres  # unit tests; again as without the optional packages; every notebook in the smoke profile (nbval)
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
 	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider tests
 	KD_PROFILE=smoke KD_DATASET=fashion-mnist KD_OUTPUT_DIR=$$(mktemp -d) \

@@ -6,11 +6,13 @@ not read by any trial. At the end the best trial's run is loaded back from its c
 on a finished run trains nothing) and scored on the test set once; that record is appended to the results
 file, next to a JSON file of every trial and a validation-F1 map of the two most important settings.
 
-Several workers (processes or machines) share a study through one ``--storage`` (default: a SQLite file in
-``--results-dir``); trial numbers are unique and ``--max-trials`` caps the total: a trial whose number comes
-after ``max_trials`` live (running, waiting or complete) trials is skipped. Running trials send Optuna's
-heartbeat; one whose worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the
-study and queued again with the same settings (its run resumes from its last checkpoint, when one is there).
+Several workers share a study through one ``--storage``: a journal file (the default,
+``<results-dir>/sweeps.journal``: processes on one machine), a SQLite file (older studies; one writer at a time)
+or a PostgreSQL/MySQL URL (several machines). Trial numbers are unique and ``--max-trials`` caps the total: a
+trial whose number comes after ``max_trials`` live (running, waiting or complete) trials is skipped. Running
+trials send a heartbeat (Optuna's, for a database; ``JournalHeartbeatStorage``'s, for a journal file); one whose
+worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the study and queued again with
+the same settings (its run resumes from its last checkpoint, when one is there).
 The TPE sampler of each worker is seeded by the training seed plus the worker's process id, so concurrent
 workers explore different points (a sweep is reproducible in its settings and results, not in the order TPE
 proposes them). The worker that finishes last, when no trial is still running, scores the chosen setting on
@@ -27,10 +29,8 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -51,13 +51,11 @@ from .plots import save_figure
 from .results import append_run, atomic_write, check_results_path, load_records, strict_json
 from .runs import check_folder, run_dir, train_experiment, validate
 from .search import Param, add_sweep_parser, format_trials, replay_command, search_space, with_values
+from .storage import check_storage, heartbeats, open_storage
 from .teacher import FrozenTeacher, prepare_teacher
 from .train import NonFiniteLossError
 
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)  # trials that count towards --max-trials
-SQLITE_TIMEOUT_S = 60  # workers wait this long for SQLite's write lock before failing
-HEARTBEAT_S = 60  # a running trial writes a heartbeat this often ...
-GRACE_S = 300  # ... and one silent this long belongs to a dead worker: failed and queued again (same settings)
 
 
 def live_before(study: optuna.Study, number: int) -> int:
@@ -94,12 +92,12 @@ class SweepPlan:
     cfg: ExperimentConfig  # the fixed settings; the trials replace the tuned ones
     space: list[Param]  # the tuned settings
     name: str  # study name, also the stem of its files
-    storage: str  # Optuna storage URL
+    storage: str  # what Optuna opens: journal:///<absolute path> or a database URL (check_storage)
     sampler: str  # tpe | grid
     pruner: str  # none | median
     trials: int  # this worker's trials at most
     max_trials: int  # the study's live trials at most, all workers together
-    results_dir: Path  # trials file, figure, locks, default storage
+    results_dir: Path  # trials file, figure, locks, default storage (sweeps.journal)
     results_path: Path  # the tuned run's record is appended here
 
 
@@ -185,32 +183,6 @@ def run_packed_trials(plan: SweepPlan, study: optuna.Study, data, teacher: Froze
                 study.tell(trial, outcome.record.best_val_f1)
 
 
-@contextmanager
-def heartbeats(study: optuna.Study, trials: list[optuna.Trial]):
-    """Record each trial's heartbeat every ``HEARTBEAT_S`` while the block runs (a dead worker's trials are then
-    failed and queued again by the next worker, as ``study.optimize``'s are)."""
-    storage = study._storage  # noqa: SLF001 - ask/tell trials have no public heartbeat
-    if not hasattr(storage, "record_heartbeat") or storage.get_heartbeat_interval() is None:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat():
-        while True:
-            for trial in trials:
-                storage.record_heartbeat(trial._trial_id)  # noqa: SLF001
-            if stop.wait(HEARTBEAT_S):
-                return
-
-    thread = threading.Thread(target=beat, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def format_values(values: dict) -> str:
     return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
@@ -221,13 +193,12 @@ def format_values(values: dict) -> str:
 def open_study(plan: SweepPlan) -> optuna.Study:
     """The shared study (created by the first worker), with this worker's seeded sampler."""
     url = plan.storage
-    kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     try:  # under a lock: workers starting together would race to create the tables and the study
         with study_lock(plan):
-            storage = heartbeat_storage(url, engine_kwargs=kwargs)
+            storage = open_storage(url)
             study = optuna.create_study(storage=storage, sampler=make_sampler(plan), pruner=make_pruner(plan),
                                         study_name=plan.name, direction="maximize", load_if_exists=True)  # fmt: skip
-    except Exception as err:  # sqlalchemy's URL, driver and connection errors
+    except Exception as err:  # sqlalchemy's URL, driver and connection errors; an unreadable journal
         raise ValueError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     tuned = study.user_attrs.get("method", plan.method)
     if tuned != plan.method:
@@ -237,15 +208,6 @@ def open_study(plan: SweepPlan) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a worker killed mid-trial (session end, crash): retry its settings
     return study
-
-
-def heartbeat_storage(url: str, **kwargs) -> optuna.storages.RDBStorage:
-    """The storage with Optuna's heartbeat on: a trial silent for ``GRACE_S`` is failed and queued again."""
-    with warnings.catch_warnings():  # marked experimental since Optuna 2.8, unchanged since
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          heartbeat_stale_trial_callback=retry, **kwargs)  # fmt: skip
 
 
 def study_lock(plan: SweepPlan) -> FileLock:
@@ -387,34 +349,11 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         raise ValueError(f"--study-name '{name}': must be a plain file name")
     results_dir = Path(args.results_dir)
     results_path = check_results_path(args.results_path or results_dir / f"{name}-best.json")
-    storage = args.storage or f"sqlite:///{results_dir.resolve() / 'sweeps.db'}"
-    check_storage(storage)
+    storage = check_storage(args.storage or str(results_dir.resolve() / "sweeps.journal"))
     check_folder("--results-dir", results_dir)
     max_trials = args.trials if args.max_trials is None else args.max_trials
     return SweepPlan(args.method, cfg, space, name, storage, args.sampler, args.pruner, args.trials, max_trials,
                      results_dir, results_path)  # fmt: skip
-
-
-def check_storage(url: str) -> None:
-    """A one-line error for a storage URL Optuna cannot open, before any folder or lock file is made."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise ValueError(
-            f"--storage {url}: not a database URL; e.g. sqlite:///sweeps.db or postgresql://host/db"
-        ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database:
-        check_folder("--storage", Path(parsed.database).parent)
-    else:
-        try:
-            parsed.get_dialect().import_dbapi()
-        except ImportError as err:
-            raise ValueError(f"--storage {url}: the database driver is not installed ({err}); pip install it") from None
-        except Exception:  # an unknown dialect
-            raise ValueError(f"--storage {url}: unknown database kind '{parsed.drivername}'") from None
 
 
 def run_sweep(args: argparse.Namespace, log=print) -> dict:

@@ -1,5 +1,6 @@
 """``sweep`` end to end on tiny synthetic data: trials chosen on validation, the test set read once at the end,
-grids run exactly their points, workers share one study, and a bad ``--param`` fails before any training."""
+grids run exactly their points, workers share one study (journal file, SQLite; PostgreSQL in
+tests/test_sweep_postgres.py), and a bad ``--param`` or ``--storage`` fails before any training."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from kd_utils import cli, report, search
 
 optuna = pytest.importorskip("optuna")  # the sweep needs it; tests/test_cli.py checks the one line without it
 
+from kd_utils import storage as sweep_storage
 from kd_utils import sweep
 from kd_utils.config import ExperimentConfig
 from kd_utils.distill import STUDENT_METHODS
@@ -71,7 +73,7 @@ def test_tpe_sweep_chooses_on_validation_and_tests_the_chosen_run_once(capsys, c
     assert [row["val_f1"] for row in record["history"]] == best["val_f1"]
     assert record["best_val_f1"] == best["best_val_f1"] and record["seconds"] == best["seconds"]
     assert (results / f"{name}.png").stat().st_size > 0
-    assert (results / "sweeps.db").exists()  # the default storage
+    assert (results / "sweeps.journal").exists() and not (results / "sweeps.db").exists()  # the default storage
 
     replay = next(line for line in out.splitlines() if line.startswith("replay: ")).removeprefix("replay: ")
     replayed = cli.config_from_args(cli.get_args_parser().parse_args(shlex.split(replay)[3:]))
@@ -108,12 +110,19 @@ def test_grid_sweep_runs_exactly_the_listed_values(capsys, ckpt, tmp_path):
     assert record["config"]["distill"]["alpha"] == 0.5  # fixed flags stay fixed
 
 
-@pytest.mark.slow  # two fresh interpreters import torch: ~15 s on an idle 2-core machine, more under load
-def test_two_worker_processes_share_one_capped_study(tmp_path):
-    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+def load_study(storage: str, name: str = "synthetic-logit-seed0") -> optuna.Study:
+    """The study a sweep left in ``storage`` (a journal file's path or a database URL), opened as a worker would."""
+    return optuna.load_study(
+        study_name=name, storage=sweep_storage.heartbeat_storage(sweep_storage.check_storage(storage))
+    )
+
+
+def two_workers(tmp_path: Path, storages: list[list[str]], timeout: float = 240) -> list[tuple[str, str]]:
+    """Two ``sweep`` processes started together (``--trials 3``, ``--max-trials 4``), each with its ``--storage``
+    flags (none: the default), sharing a results and a checkpoint folder; their (stdout, stderr) once both end."""
     args = [
-        "sweep", "--method", "logit", "--trials", "2", "--max-trials", "4", "--storage", storage,
-        "--results-dir", str(tmp_path / "sweeps"), "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL,
+        "sweep", "--method", "logit", "--trials", "3", "--max-trials", "4", "--results-dir", str(tmp_path / "sweeps"),
+        "--checkpoint-dir", str(tmp_path / "ckpt"), *SMALL,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -121,29 +130,54 @@ def test_two_worker_processes_share_one_capped_study(tmp_path):
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     workers = [
-        subprocess.Popen([sys.executable, *ENTRY, *args], cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE, text=True)
-        for _ in range(2)
+        subprocess.Popen(
+            [sys.executable, *ENTRY, *args, *storage], cwd=tmp_path, env=env, stdout=PIPE, stderr=PIPE, text=True
+        )  # fmt: skip
+        for storage in storages
     ]
-    outputs = [w.communicate(timeout=240) for w in workers]
+    outputs = [w.communicate(timeout=timeout) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    return outputs
 
-    trials = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage).trials
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # each number once, the total capped at 4
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
-    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+
+def assert_one_capped_study(study: optuna.Study, results: Path, outputs: list[tuple[str, str]]) -> None:
+    """What two workers of ``two_workers`` must leave: trial numbers unique, exactly 4 live trials (0-3, every
+    other one skipped over the cap), trials from both workers, the teacher trained once, the choice scored once."""
+    trials = study.trials
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # each number once
+    live = [t for t in trials if t.state in sweep.LIVE]
+    assert sorted(t.number for t in live) == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in live)
+    assert all("skipped" in t.user_attrs for t in trials if t not in live)  # the rest: over --max-trials, untrained
+    assert len({t.user_attrs["worker"] for t in live}) == 2  # both workers ran trials (3 each at most)
     assert sum("loaded cached run" in out for out, _ in outputs) == 1  # the teacher was trained once
-    runs = json.loads((tmp_path / "sweeps" / "synthetic-logit-seed0-best.json").read_text())["runs"]
+    runs = json.loads((results / "synthetic-logit-seed0-best.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 4  # scored once, after the last trial
+    best = max(live, key=lambda t: (t.value, -t.number))
+    assert runs[0]["sweep"]["trial"] == best.number
 
 
-def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt, tmp_path, monkeypatch):
-    monkeypatch.setattr(sweep, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(sweep, "GRACE_S", 1)
+@pytest.mark.slow  # two fresh interpreters import torch: ~15 s on an idle 2-core machine, more under load
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_worker_processes_share_one_capped_study(tmp_path, kind):
+    """The default journal file (processes on one machine) and, as older studies use, a SQLite file."""
+    storage = str(tmp_path / "sweeps" / "sweeps.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    flags = [] if kind == "journal" else ["--storage", storage]
+    outputs = two_workers(tmp_path, [flags, flags])
+    assert_one_capped_study(load_study(storage), tmp_path / "sweeps", outputs)
+
+
+@pytest.mark.parametrize(("kind", "pack"), [("journal", "1"), ("journal", "2"), ("sqlite", "1")])
+def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt, tmp_path, monkeypatch, kind, pack):
+    """Every storage kind beats and retries: the default journal file (trial by trial, and packed: the heartbeats
+    of ``run_packed_trials``) and a SQLite file (Optuna's own heartbeat)."""
+    monkeypatch.setattr(sweep_storage, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(sweep_storage, "GRACE_S", 1)
     results = tmp_path / "sweeps"
-    args = ["--method", "logit", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    storage = str(results / "sweeps.journal") if kind == "journal" else f"sqlite:///{results / 'sweeps.db'}"
+    args = ["--method", "logit", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), "--pack", pack,
+            *([] if kind == "journal" else ["--storage", storage]), *SMALL]  # fmt: skip
     assert run_sweep_cli(capsys, *args, "--trials", "0")[0] == 0  # creates the study, runs nothing
-    storage = f"sqlite:///{results / 'sweeps.db'}"
-    study = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage)
+    study = load_study(storage)
     dead = study.ask()  # a worker starts a trial, sends one heartbeat, then is killed
     space = {p.name: p for p in sweep.plan_sweep(cli.get_args_parser().parse_args(["sweep", *args])).space}
     values = {name: space[name].suggest(dead) for name in ("temperature", "alpha")}
@@ -152,12 +186,93 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt,
 
     code, out, err = run_sweep_cli(capsys, *args, "--trials", "2", "--max-trials", "2")
     assert code == 0, err
-    trials = optuna.load_study(study_name="synthetic-logit-seed0", storage=storage).trials
+    trials = load_study(storage).trials
     states = [t.state.name for t in trials]
     assert states[0] == "FAIL" and states[1:].count("COMPLETE") == 2  # the stale trial no longer counts as live
     assert trials[1].params == values  # its settings were queued again and ran first
+    assert [t.user_attrs.get("pack") for t in trials[1:]] == [int(pack)] * 2
     runs = json.loads((results / "synthetic-logit-seed0-best.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 2  # scored: nothing is left running
+
+
+def test_a_journal_trial_is_stale_only_when_both_its_beat_and_its_start_are_old(tmp_path):
+    storage = sweep_storage.JournalHeartbeatStorage(tmp_path / "s.journal", heartbeat_interval=1, grace_period=1)
+    study = optuna.create_study(storage=storage, study_name="s")
+    ids = lambda: storage._get_stale_trial_ids(study._study_id)  # noqa: E731, SLF001
+    silent, beating = study.ask(), study.ask()
+    attr = sweep_storage.JournalHeartbeatStorage.HEARTBEAT_ATTR
+    storage.set_trial_system_attr(beating._trial_id, attr, time.time() - 120)  # noqa: SLF001 - a beat 2 min old
+    assert ids() == []  # started a moment ago
+    time.sleep(1.5)
+    assert ids() == [beating._trial_id]  # noqa: SLF001 - the silent one never beat: not judged (as RDBStorage)
+    retried = optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, system_attrs={attr: time.time() - 120})
+    study.add_trial(retried)  # as RetryHeartbeatStaleTrialCallback queues it: the old beat comes along
+    fresh = study.ask()  # ... and it starts now: not stale before its own first beat
+    assert fresh.number == 2 and ids() == [beating._trial_id]  # noqa: SLF001
+    storage.record_heartbeat(beating._trial_id)  # noqa: SLF001
+    assert ids() == []
+    study.tell(beating, 0.5)
+    storage.record_heartbeat(beating._trial_id)  # noqa: SLF001 - a late beat of a finished trial is ignored
+    assert silent.number == 0 and study.trials[1].state.name == "COMPLETE"
+
+
+def test_the_storage_forms_and_what_optuna_opens(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths are resolved once, from the folder the worker starts in
+    journal = f"journal:///{tmp_path}"
+    assert sweep_storage.check_storage("sweeps.journal") == f"{journal}/sweeps.journal"
+    assert sweep_storage.check_storage("runs/s.log") == f"{journal}/runs/s.log"
+    assert sweep_storage.check_storage("journal:///runs/s") == f"{journal}/runs/s"  # relative, as sqlite:///
+    assert sweep_storage.check_storage(f"journal:///{tmp_path}/s") == f"{journal}/s"  # absolute: a fourth slash
+    assert sweep_storage.check_storage("sqlite:///s.db") == "sqlite:///s.db"
+    opened = sweep_storage.heartbeat_storage(sweep_storage.check_storage("s.journal"))
+    assert (
+        isinstance(opened, sweep_storage.JournalHeartbeatStorage)
+        and opened.get_heartbeat_interval() == sweep_storage.HEARTBEAT_S
+    )
+    assert (tmp_path / "s.journal").exists()
+
+
+def test_a_plain_postgresql_url_uses_psycopg_3_when_psycopg2_is_missing(monkeypatch):
+    pytest.importorskip("psycopg")
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # as on a machine with only kd_utils[postgres]
+    url = "postgresql://kd:secret@db.example:5433/kd?host=/tmp/s"
+    assert sweep_storage.check_storage(url) == "postgresql+psycopg://kd:secret@db.example:5433/kd?host=/tmp/s"
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("nonsense://", "--storage nonsense://: unknown kind 'nonsense'; give a journal file"),
+        ("sweeps.db", "--storage sweeps.db: not a storage URL; give a journal file (PATH.journal"),
+        ("journal://s.journal", "write journal:///relative/path or journal:////absolute/path"),
+        ("FILE/s.journal", "--storage FILE/s.journal: its folder FILE: is a file, not a folder"),
+        ("FILE", "--storage FILE: not a storage URL"),
+        (
+            "postgresql://kd@db.example/kd",
+            "the PostgreSQL driver psycopg is not installed; pip install 'kd_utils[postgres]'",
+        ),
+        ("postgresql+psycopg://kd@db.example/kd", "psycopg is not installed; pip install 'kd_utils[postgres]'"),
+    ],
+)
+def test_bad_storage_exits_2_with_one_line_before_any_folder(capsys, tmp_path, monkeypatch, storage, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("not a folder")
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # neither PostgreSQL driver installed
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    results, ckpt = tmp_path / "sweeps", tmp_path / "ckpt"
+    code, out, err = run_sweep_cli(capsys, "--method", "logit", "--storage", storage, "--results-dir", str(results),
+                                   "--checkpoint-dir", str(ckpt), *SMALL)  # fmt: skip
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not results.exists() and not ckpt.exists()  # no folder, no lock, no journal
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: a read-only folder needs another user")
+def test_a_journal_in_a_read_only_folder_is_refused(capsys, tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="is not writable"):
+        sweep_storage.check_storage(str(folder / "s.journal"))
 
 
 @pytest.mark.parametrize(
@@ -211,6 +326,9 @@ def test_packed_sweep_trains_trials_as_one_network_with_unique_numbers_and_one_s
     assert len(runs) == 1 and runs[0]["sweep"]["trial"] == best["number"]
     # the chosen trial's packed checkpoints were loaded back by an ordinary run: the same validation curve
     assert [row["val_f1"] for row in runs[0]["history"]] == best["val_f1"]
+    beats = [t.system_attrs.get(sweep_storage.JournalHeartbeatStorage.HEARTBEAT_ATTR) for t in load_study(
+        str(results / "sweeps.journal")).trials]  # fmt: skip
+    assert all(beats), beats  # each packed trial beat on the default journal storage (heartbeats())
     code, _, err = run_sweep_cli(capsys, *args)  # the cap holds: a second worker's trials are all skipped
     assert code == 0, err
     assert len(json.loads((results / f"{name}.json").read_text())["trials"]) == 3
