@@ -13,7 +13,7 @@ student; the teacher's parameters never require grad and it stays in eval mode w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -448,11 +448,17 @@ DISTILLERS: dict[str, type[Distiller]] = {
     "logit+regressor": LogitRegressorDistiller,
     "hint": HintDistiller,  # FitNets stage 1; the two-stage "fitnets" experiment chains it with "logit"
 }
+# Logit standardization (Sun et al. 2024) as methods of their own, so that a study tunes and compares them like
+# the rest: the base method's distiller with ``logit_standardization`` on (``--logit-standardization`` sets it
+# for any run of the base methods too).
+STANDARDIZED = {"logit+ls": "logit", "dkd+ls": "dkd", "dist+ls": "dist"}
+DISTILLERS.update({name: DISTILLERS[base] for name, base in STANDARDIZED.items()})
 METHODS = tuple(DISTILLERS)
 # What a study compares: every distiller but the baseline (labels only) and FitNets' stage 1 ("hint"), plus
 # the two-stage "fitnets", which the experiment runner chains from the "hint" and "logit" distillers.
 STUDENT_METHODS = (
     "logit", "hidden", "regressor", "dkd", "dist", "at", "rkd", "logit+hidden", "logit+regressor", "fitnets",
+    *STANDARDIZED,
 )  # fmt: skip
 NON_METHODS = ("baseline", "hint")  # distillers that are no method of their own: labels only, FitNets stage 1
 TWO_STAGE = {"fitnets": ("hint", "logit")}  # stage 1, stage 2
@@ -465,4 +471,6 @@ def build_distiller(
         raise ValueError(f"unknown method '{method}'; choose from: {', '.join(DISTILLERS)}")
     if method != "baseline" and teacher is None:
         raise ValueError(f"method '{method}' needs a teacher")
+    if method in STANDARDIZED:
+        cfg = replace(cfg or DistillConfig(), logit_standardization=True)
     return DISTILLERS[method](student, teacher if method != "baseline" else None, cfg)

@@ -28,6 +28,9 @@ SEARCH_SPACES = {
     "logit+hidden": {"temperature": "1:10:log", "alpha": "0.1:1.0", "feature_weight": "0.1:30:log"},
     "logit+regressor": {"temperature": "1:10:log", "alpha": "0.1:1.0", "regressor_weight": "1:300:log"},
     "fitnets": {"hint_epochs": "1,2,3,5", "regressor_weight": "1:300:log", "temperature": "1:10:log"},
+    "logit+ls": {"temperature": "1:10:log", "alpha": "0.1:1.0"},  # logit standardization: as the base methods
+    "dkd+ls": {"dkd_beta": "1:16:log", "temperature": "1:8:log"},
+    "dist+ls": {"dist_beta": "0.5:4", "dist_gamma": "0.5:4", "dist_temperature": "1:8:log"},
 }  # around the papers' defaults (DistillConfig); fitnets' hint_epochs are capped at the run's --epochs
 TUNABLE_TRAIN = ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing", "batch_size", "optimizer",
                  "schedule")  # fmt: skip
@@ -213,7 +216,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
         "low:high:log, or a,b,c (choices; a grid takes low, middle, high of a range)",
     )
     sweep.add_argument(
-        "--storage", help="Optuna storage URL shared by the workers (default: sqlite:///<results-dir>/sweeps.db)"
+        "--storage",
+        help="where the workers share the study (default: the journal file <results-dir>/sweeps.journal). A journal "
+        "file (processes on one machine): a path ending in .journal or .log, or journal:///relative/path, "
+        "journal:////absolute/path; a database: sqlite:///PATH (one writer at a time: older studies), "
+        "postgresql://USER@HOST/DB (several machines; pip install 'kd_utils[postgres]'), mysql://USER@HOST/DB",
     )
     sweep.add_argument("--study-name", help="study name (default: <dataset>-<method>-seed<seed>)")
     sweep.add_argument("--results-dir", default="runs/sweeps", help="trials file, figure and default storage")

@@ -17,6 +17,7 @@ from kd_utils.distill import (
     DISTILLERS,
     NO_OP_DEFAULTS,
     NON_METHODS,
+    STANDARDIZED,
     STUDENT_METHODS,
     TWO_STAGE,
     DistillConfig,
@@ -51,9 +52,10 @@ EXPECTED_PARTS = {
     "logit+hidden": {"ce", "kd", "feature"},
     "logit+regressor": {"ce", "kd", "feature"},
     "hint": {"hint"},
+    **{ls: {"ce", "kd"} for ls in STANDARDIZED},  # logit standardization: the base methods' parts
 }
 ADAPTER_METHODS = ("regressor", "logit+regressor", "hint")
-CACHEABLE = {"logit", "hidden", "dkd", "dist", "rkd", "logit+hidden"}  # needs within {logits, pooled}
+CACHEABLE = {"logit", "hidden", "dkd", "dist", "rkd", "logit+hidden", *STANDARDIZED}  # needs within {logits, pooled}
 # weights away from their defaults (and from 1), so a term weighed by the wrong field shows
 WEIGHTS = dict(alpha=0.3, temperature=2.0, feature_weight=2.5, regressor_weight=7.0, at_weight=30.0)
 
@@ -74,7 +76,7 @@ def expected_loss(method: str, p: dict[str, float], cfg: DistillConfig) -> float
         "logit+regressor": lambda: (1 - a) * p["ce"] + a * p["kd"] + cfg.regressor_weight * p["feature"],
         "hint": lambda: p["hint"],  # stage 1 learns the hint alone, unweighted
     }
-    return formulas[method]()
+    return formulas[STANDARDIZED.get(method, method)]()
 
 
 def state_copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -120,6 +122,7 @@ def test_the_tables_here_cover_every_method():
 def test_student_methods_are_the_distillers_but_baseline_and_hint_plus_fitnets():
     assert STUDENT_METHODS == (
         "logit", "hidden", "regressor", "dkd", "dist", "at", "rkd", "logit+hidden", "logit+regressor", "fitnets",
+        "logit+ls", "dkd+ls", "dist+ls",
     )  # fmt: skip
     single = [m for m in STUDENT_METHODS if m not in TWO_STAGE]
     assert single == [m for m in DISTILLERS if m not in NON_METHODS]  # same methods, same order
@@ -258,6 +261,7 @@ def test_target_specs_name_what_is_stored():
         "hidden": "pooled1_l0-1-2",
         "rkd": "pooled1_l2",  # the last stage, globally pooled
         "logit+hidden": "logits+pooled1_l0-1-2",
+        **{ls: "logits" for ls in STANDARDIZED},  # the teacher's raw logits: standardized in the loss
     }
     assert make("hidden", spatial_size=2)[0].target_spec() == "pooled2_l0-1-2"
     assert make("hidden", "resnet18")[0].target_spec() == "pooled1_l1-2-3"
@@ -607,3 +611,13 @@ def test_logit_standardization_feeds_standardized_logits_to_the_soft_terms_only(
     assert torch.allclose(parts["ce"], masked_cross_entropy(logits, y))
     off = build_distiller(method, student, teacher, DistillConfig(temperature=2.0)).loss(logits, feats, y, targets)[1]
     assert not torch.allclose(off["kd"], parts["kd"])  # the flag changes the term
+
+
+@pytest.mark.parametrize("method", sorted(STANDARDIZED))
+def test_standardized_methods_are_their_base_method_with_logit_standardization(method, batch):
+    x, y = batch
+    d, _, _ = make(method)
+    assert type(d) is DISTILLERS[STANDARDIZED[method]] and d.cfg.logit_standardization
+    loss, _, _ = d(x, y)
+    base, _, _ = make(STANDARDIZED[method], logit_standardization=True)
+    assert torch.allclose(loss, base(x, y)[0])  # the same run as --logit-standardization on the base method

@@ -152,4 +152,7 @@ def test_the_stored_study_runs_keep_their_checkpoint_folders():
             continue
         cfg = replace(from_dict(r.config), checkpoint_dir=str(ROOT / "checkpoints"))  # recorded in another clone
         teacher = SimpleNamespace(weights_hash=r.teacher["weights_sha256"]) if r.method != "baseline" else None
-        assert (run_dir(cfg, r.method, teacher) / "last.pt").exists(), (r.name, r.seed)
+        found = (run_dir(cfg, r.method, teacher) / "last.pt").exists()
+        # few-label runs of the stored study (protocol 1: every epoch walked all images) must never be resumed or
+        # reloaded as runs of protocol 2 (data.FEW_LABEL_PROTOCOL); every other run keeps its folder
+        assert found == (r.labeled_fraction >= 1), (r.name, r.seed)
