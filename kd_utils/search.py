@@ -61,6 +61,12 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def contains(self, value: object) -> bool:
+        """Whether ``value`` lies in this setting's searched range (or is one of its choices)."""
+        if self.choices is not None:
+            return value in self.choices
+        return isinstance(value, int | float) and self.low <= value <= self.high
+
     def grid(self) -> tuple:
         """The values a grid sampler visits: the choices, or low, middle and high of a range."""
         if self.choices is not None:

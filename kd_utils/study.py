@@ -28,16 +28,19 @@ from .train import checked_resume_file
 STUDY_TEACHER = {"teacher_epochs": 40, "teacher_random_erasing": 0.5}  # the strong teacher of the stored study
 STUDY_EPOCHS = 15  # every compared student run (notebooks 00-03, 05)
 FINAL_EPOCHS = 70  # the long run of the best candidate, next to a baseline as long (notebook 04)
-STUDY_SEEDS = (0, 1, 2)  # training seeds of the multi-seed comparisons
+STUDY_SEEDS = (1, 2, 3, 4, 5)  # training seeds of every compared run; the sweeps tune on seed 0, which is not one
 CANDIDATES = ("logit", "hidden", "regressor")  # notebooks 01-03 at the defaults; 04 trains the best again, longer
 LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
 FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 SEMI_SUPERVISED = "-semi"  # name suffix of few-label runs distilled from a teacher trained on those labels alone
 SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
 SWEEP_SEED = 0  # the sweeps' training seed
-SWEEP_SETTINGS = {"epochs": 5, "trials": 6}  # per method: trials of this many epochs (`make sweeps`)
+# per method: 16 trials at the study's length, the default setting first, TPE after a random third, trials below
+# the median of earlier ones at an epoch stopped there (the stored study's were 6 random trials of 5 epochs)
+SWEEP_SETTINGS = {"epochs": STUDY_EPOCHS, "trials": 16, "pruner": "median"}
+SWEEP_VERSION = "v2"  # in the study names: the stored study's sweeps (v1) are never resumed or read as these
 SWEEPS_DIR = Path("results") / SWEEP_DATASET / "sweeps"  # trials, tuned records and figures (README links)
-SWEEP_STORAGE = "sqlite:///checkpoints/sweeps.db"  # resumable across sessions
+SWEEP_STORAGE = "journal:///checkpoints/sweeps-v2.journal"  # resumable across sessions (a small file to commit)
 
 
 @dataclass(frozen=True)
@@ -74,17 +77,28 @@ def study_jobs(
 
 def sweep_argv(method: str, checkpoint_dir: str = "checkpoints") -> list[str]:
     """The ``python -m kd_utils`` arguments of one method's study sweep (``make sweeps``, the GPU study)."""
-    argv = ["sweep", "--method", method, "--dataset", SWEEP_DATASET, "--seed", str(SWEEP_SEED)]
+    argv = ["sweep", "--method", method, "--dataset", SWEEP_DATASET, "--seed", str(SWEEP_SEED),
+            "--study-name", sweep_name(method)]  # fmt: skip
     for key, value in {**STUDY_TEACHER, **SWEEP_SETTINGS}.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    storage = SWEEP_STORAGE if checkpoint_dir == "checkpoints" else f"sqlite:///{checkpoint_dir}/sweeps.db"
+    storage = SWEEP_STORAGE if checkpoint_dir == "checkpoints" else f"journal:///{checkpoint_dir}/sweeps-v2.journal"
     return [*argv, "--checkpoint-dir", checkpoint_dir, "--results-dir", str(SWEEPS_DIR), "--storage", storage,
             "--no-progress", "--resume"]  # fmt: skip
 
 
+def sweep_name(method: str) -> str:
+    """The study's sweep of ``method``: ``fashion-mnist-logit-seed0-v2``."""
+    return f"{SWEEP_DATASET}-{method.replace('+', '_')}-seed{SWEEP_SEED}-{SWEEP_VERSION}"
+
+
+def stored_sweep_name(method: str) -> str:
+    """The stored study's (v1) sweep of ``method``: 6 random trials of 5 epochs, never read as a tuned setting."""
+    return f"{SWEEP_DATASET}-{method.replace('+', '_')}-seed{SWEEP_SEED}"
+
+
 def sweep_done(method: str, sweeps_dir: Path = SWEEPS_DIR) -> bool:
     """A finished sweep has scored its choice on test (``<study>-best.json``)."""
-    return (sweeps_dir / f"{SWEEP_DATASET}-{method.replace('+', '_')}-seed{SWEEP_SEED}-best.json").exists()
+    return (sweeps_dir / f"{sweep_name(method)}-best.json").exists()
 
 
 # --- the runs -----------------------------------------------------------------------------------------------
@@ -126,14 +140,16 @@ def final_runs(
 
 def tuned_settings(sweeps_dir: str | Path | None, method: str) -> tuple[dict | None, str]:
     """The distillation settings a sweep chose for ``method`` by validation F1 (the latest tuned record of that
-    method under ``sweeps_dir``), and where they come from; ``(None, "defaults")`` without one."""
+    method under ``sweeps_dir``, the stored study's v1 sweeps left out), and where they come from;
+    ``(None, "defaults")`` without one."""
     found, source = None, "defaults"
     for path in sorted(Path(sweeps_dir).glob("*.json")) if sweeps_dir and Path(sweeps_dir).is_dir() else []:
         try:
             records = load_records(path)
         except ValueError:
             continue  # a trials file, not a results file
-        latest = next((r for r in reversed(records) if r.method == method and r.get("sweep")), None)
+        latest = next((r for r in reversed(records) if r.method == method and r.get("sweep")
+                       and r.get("sweep", {}).get("study") != stored_sweep_name(method)), None)  # fmt: skip
         if latest is not None:
             found, source = latest, f"sweep {path.name} ({latest.timestamp or '?'})"
     return (found.config["distill"] if found else None), source

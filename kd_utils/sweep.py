@@ -79,6 +79,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "seconds": attrs.get("seconds"),
         "worker": attrs.get("worker"),
         "pack": attrs.get("pack", 1),  # trials trained together as one network (1: apart)
+        "default": bool(attrs.get("default")),  # trial 0: the method's default setting
         "val_f1": attrs.get("val_f1"),  # per epoch
         **({"error": attrs["error"]} if "error" in attrs else {}),
     }
@@ -198,6 +199,8 @@ def open_study(plan: SweepPlan) -> optuna.Study:
             storage = open_storage(url)
             study = optuna.create_study(storage=storage, sampler=make_sampler(plan), pruner=make_pruner(plan),
                                         study_name=plan.name, direction="maximize", load_if_exists=True)  # fmt: skip
+            if not study.trials and plan.sampler == "tpe":  # the first worker: the defaults are trial 0
+                enqueue_defaults(study, plan)
     except Exception as err:  # sqlalchemy's URL, driver and connection errors; an unreadable journal
         raise ValueError(f"--storage {url}: cannot open ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     tuned = study.user_attrs.get("method", plan.method)
@@ -215,12 +218,36 @@ def study_lock(plan: SweepPlan) -> FileLock:
     return FileLock(str(plan.results_dir / f"{plan.name}.lock"))
 
 
+def default_values(plan: SweepPlan) -> dict:
+    """The tuned settings at the values the sweep's fixed config gives them (the methods' defaults)."""
+    return {p.name: getattr(plan.cfg.distill if hasattr(plan.cfg.distill, p.name) else plan.cfg.train, p.name)
+            for p in plan.space}  # fmt: skip
+
+
+def enqueue_defaults(study: optuna.Study, plan: SweepPlan) -> None:
+    """Trial 0 is the default setting, so the chosen one is never worse than the default on validation; left out
+    (with a note in the study) when a default lies outside its searched range."""
+    values = default_values(plan)
+    outside = [p.name for p in plan.space if not p.contains(values[p.name])]
+    if outside:
+        study.set_user_attr("default_trial", f"not enqueued: {', '.join(outside)} outside the searched range")
+        return
+    study.enqueue_trial(values, user_attrs={"default": True})
+    study.set_user_attr("default_trial", 0)
+
+
+def startup_trials(plan: SweepPlan) -> int:
+    """TPE's random start: a third of the study's trials (``--max-trials``), at least 1 and at most Optuna's 10.
+    With the default as trial 0, the model-based proposals begin after ``1 + startup`` trials."""
+    return max(1, min(10, plan.max_trials // 3))
+
+
 def make_sampler(plan: SweepPlan) -> optuna.samplers.BaseSampler:
     """TPE or grid, seeded by the training seed plus the process id (concurrent workers propose different points)."""
     seed = plan.cfg.train.seed + os.getpid()
     if plan.sampler == "grid":
         return optuna.samplers.GridSampler({p.name: list(p.grid()) for p in plan.space}, seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(plan))
 
 
 def make_pruner(plan: SweepPlan) -> optuna.pruners.BasePruner:
@@ -404,7 +431,9 @@ def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeac
     rows = [trial_row(t) for t in trials]
     best = best_trial(trials)
     trials_path = atomic_write(plan.results_dir / f"{plan.name}.json", strict_json({
-        "study": plan.name, "method": plan.method, "sampler": plan.sampler,
+        "study": plan.name, "method": plan.method, "sampler": plan.sampler, "pruner": plan.pruner,
+        "startup_trials": startup_trials(plan) if plan.sampler == "tpe" else None,
+        "default_trial": study.user_attrs.get("default_trial"),
         "space": {p.name: p.spec for p in plan.space}, "config": asdict(plan.cfg),
         "best_trial": best.number if best else None, "trials": rows, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }, indent=1) + "\n")  # fmt: skip

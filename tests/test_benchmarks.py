@@ -224,10 +224,11 @@ def test_the_study_sweeps_run_with_the_study_teacher_and_resume():
     args = get_args_parser().parse_args(sweep_argv("logit+hidden"))
     assert (args.method, args.teacher_epochs, args.teacher_random_erasing) == (
         "logit+hidden", STUDY_TEACHER["teacher_epochs"], STUDY_TEACHER["teacher_random_erasing"])  # fmt: skip
-    assert (args.epochs, args.trials, args.resume, args.progress) == (*SWEEP_SETTINGS.values(), True, False)
-    assert args.storage.startswith("sqlite:///") and args.results_dir == "results/fashion-mnist/sweeps"
+    assert (args.epochs, args.trials, args.pruner) == tuple(SWEEP_SETTINGS.values()) and args.resume
+    assert not args.progress and args.study_name == "fashion-mnist-logit_hidden-seed0-v2"
+    assert args.storage.startswith("journal:///") and args.results_dir == "results/fashion-mnist/sweeps"
     moved = get_args_parser().parse_args(sweep_argv("dkd", "/tmp/elsewhere"))
-    assert moved.checkpoint_dir == "/tmp/elsewhere" and moved.storage == "sqlite:////tmp/elsewhere/sweeps.db"
+    assert moved.checkpoint_dir == "/tmp/elsewhere" and moved.storage == "journal:////tmp/elsewhere/sweeps-v2.journal"
 
 
 def test_gpu_study_packs_within_the_size_and_file_limits(tmp_path, monkeypatch):

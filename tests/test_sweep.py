@@ -349,3 +349,28 @@ def test_a_pruner_stops_trials_at_the_epoch_it_says(capsys, ckpt, tmp_path, monk
 def test_the_pruners_are_none_and_optunas_median():
     assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="median")), optuna.pruners.MedianPruner)
     assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="none")), optuna.pruners.NopPruner)
+
+
+def test_trial_zero_is_the_default_setting_and_tpe_starts_after_a_third(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--trials", "3", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    code, _, err = run_sweep_cli(capsys, *args)
+    assert code == 0, err
+    saved = json.loads((results / "synthetic-logit-seed0.json").read_text())
+    first = saved["trials"][0]
+    defaults = ExperimentConfig().distill
+    assert first["params"] == {"temperature": defaults.temperature, "alpha": defaults.alpha} and first["default"]
+    assert saved["default_trial"] == 0 and saved["startup_trials"] == 1  # 3 trials: a third
+    assert not any(t["default"] for t in saved["trials"][1:])
+    best = max(t["best_val_f1"] for t in saved["trials"])
+    assert best >= first["best_val_f1"]  # the chosen setting is never worse than the default on validation
+
+
+def test_a_default_outside_the_range_is_not_enqueued(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--trials", "1", "--param", "temperature=5:9", "--results-dir", str(results),
+            "--checkpoint-dir", str(ckpt), *SMALL]  # fmt: skip
+    assert run_sweep_cli(capsys, *args)[0] == 0
+    saved = json.loads((results / "synthetic-logit-seed0.json").read_text())
+    assert saved["default_trial"] == "not enqueued: temperature outside the searched range"
+    assert 5 <= saved["trials"][0]["params"]["temperature"] <= 9
