@@ -69,6 +69,10 @@ class ExperimentConfig:
             )
         if self.teacher_epochs < 1:
             raise ValueError(f"--teacher-epochs {self.teacher_epochs}: must be >= 1")
+        late = [m for m in self.train.milestones if m > self.teacher_epochs]
+        if self.train.schedule == "step" and late:  # the teacher trains on the students' schedule, for its epochs
+            raise ValueError(f"--teacher-epochs {self.teacher_epochs}: fewer than the step schedule's milestone "
+                             f"{late[0]:g}; give at least {max(self.train.milestones):g} or lower --milestones")  # fmt: skip
         if not self.checkpoint_dir:
             raise ValueError("--checkpoint-dir '': give the folder for the teacher cache and run checkpoints")
         for flag, value in (("--teacher-checkpoint", self.teacher_checkpoint), ("--student-checkpoint",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import added_settings
 from .losses import (
     AT_P,
     CHANNEL_MATCH,
@@ -50,7 +51,7 @@ from .losses import (
 
 # Fields added after the stored study, at the value that reproduces the old behaviour: left out of
 # ``shaping_dict`` there, so the run folders named by its hash keep their names.
-NO_OP_DEFAULTS = {"dkd_warmup_epochs": 0, "logit_standardization": False}
+NO_OP_DEFAULTS = added_settings.DISTILL
 
 MAX_TEMPERATURE = 1000.0  # T^2 scales the soft-target terms; far past any paper's T (1-20), it would overflow
 

@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .zoo import ZOO
+
 
 def conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -307,6 +309,7 @@ MODELS: dict[str, Callable[[int, int], StagedNet]] = {
     "student_cnn": lambda c, k: plain_cnn(c, k, widths=(32, 64, 128), convs_per_stage=1),  # ~95k params
     "resnet18": resnet18_cifar,  # ~11M params, the stronger teacher
 }
+MODELS.update({name: (lambda c, k, body=body: StagedNet(*body(c), k)) for name, body in ZOO.items()})  # kd_utils.zoo
 FOREIGN: dict[str, Callable[[str, int, int], ForeignNet]] = {"timm": build_timm, "tv": build_torchvision}
 
 

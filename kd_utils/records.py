@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import added_settings
+
 ROLES = ("teacher", "baseline", "method", "final-baseline", "final")  # a run's part in the study
 LABELS_ONLY = ("baseline", "final-baseline")  # the roles trained without a teacher
 UNKNOWN = "unknown hardware"
@@ -234,6 +236,10 @@ def run_settings(config: Mapping) -> dict:
     for section, names in NOT_SHAPING.items():
         if section and isinstance(settings.get(section), Mapping):
             settings[section] = {k: v for k, v in settings[section].items() if k not in names}
+    for section, added in (("train", added_settings.TRAIN), ("distill", added_settings.DISTILL)):
+        if isinstance(settings.get(section), Mapping):  # a field added later, at its old value: the run it was
+            settings[section] = {k: v for k, v in settings[section].items()
+                                 if not (k in added and added_settings.at_old_value(v, added[k]))}  # fmt: skip
     return settings
 
 

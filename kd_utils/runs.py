@@ -34,6 +34,8 @@ from .tensorboard_log import tensorboard_logger
 from .train import (
     EVAL_BATCH_SIZE,
     FitResult,
+    TrainConfig,
+    added_settings,
     device_name,
     fit,
     infer,
@@ -151,6 +153,8 @@ STREAM_DATA_KEYS = ("dataset", "val_size", "train_size", "seed")  # the teacher 
 # few-label run reuses the teacher targets of the full-label run on the same stream
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs",
               "precision", "seed", "random_erasing", "channels_last")  # fmt: skip
+# fields added later (train.ADDED_DEFAULTS: milestones, lr_decay, nesterov) join only where they differ from the
+# old behaviour (train_shaping), so the stored runs keep their folders
 
 
 def shaping(section: object, keys: tuple[str, ...]) -> dict:
@@ -159,15 +163,20 @@ def shaping(section: object, keys: tuple[str, ...]) -> dict:
     return {k: getattr(section, k) for k in keys}
 
 
+def train_shaping(train: TrainConfig) -> dict:
+    """The training settings that name a run's folder: ``TRAIN_KEYS``, plus each later field off its old value."""
+    return {**shaping(train, TRAIN_KEYS), **added_settings(train)}
+
+
 def run_dir(cfg: ExperimentConfig, experiment: str, teacher: FrozenTeacher | None = None) -> Path:
     """Checkpoint folder of one run, named by the settings that shape it (so a changed setting never resumes)."""
     seed, data = cfg.train.seed, data_shaping(cfg.data, DATA_KEYS)
     if experiment == "teacher":
-        keys = {"data": data, "train": shaping(cfg.teacher_train_config(), TRAIN_KEYS), "arch": cfg.teacher}
+        keys = {"data": data, "train": train_shaping(cfg.teacher_train_config()), "arch": cfg.teacher}
         return (
             Path(cfg.checkpoint_dir) / "teachers" / f"{cfg.data.dataset}-{cfg.teacher}-seed{seed}-{config_hash(keys)}"
         )
-    keys = {"data": data, "train": shaping(cfg.train, TRAIN_KEYS), "arch": cfg.student, "init": cfg.student_checkpoint}
+    keys = {"data": data, "train": train_shaping(cfg.train), "arch": cfg.student, "init": cfg.student_checkpoint}
     if experiment != "baseline":
         keys.update(distill=cfg.distill.shaping_dict(), teacher=teacher.weights_hash if teacher else None)
         keys.update(fuse=cfg.fuse_teacher_bn)

@@ -26,18 +26,23 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import added_settings as added_settings_module
 from .data import DataSplits, TensorLoader
 from .distill import Distiller, flag
 from .metrics import classification_metrics
 from .results import atomic_write, remove_stray_temporaries
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle")
+SCHEDULES = ("cosine", "onecycle", "step")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 EVAL_BATCH_SIZE = 512  # images per inference batch (validation, test): no gradients, so larger than training's
 
 MAX_SEED = 2**32 - 1  # numpy and scikit-learn seeds are 32-bit
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the optimiser converts lr and weight decay to float32
+
+# Fields added after the stored study, at the value that reproduces the old behaviour: left out of the run-folder
+# hash there (``added_settings``), and what a ``last.pt`` written before them is resumed as (``check_resumable``).
+ADDED_DEFAULTS = added_settings_module.TRAIN
 
 
 @dataclass
@@ -45,11 +50,14 @@ class TrainConfig:
     epochs: int = 30  # passes over the training split (the students'; the teacher's: --teacher-epochs)
     batch_size: int = 128  # images per step
     lr: float = 0.05  # peak learning rate (SGD); use ~2e-3 with adamw
-    optimizer: str = "sgd"  # sgd (Nesterov momentum) | adamw
+    optimizer: str = "sgd"  # sgd (momentum SGD; Nesterov unless --no-nesterov) | adamw
     momentum: float = 0.9  # SGD momentum
+    nesterov: bool = True  # sgd: Nesterov momentum; --no-nesterov: plain momentum, as CRD's and mdistiller's CIFAR code
     weight_decay: float = 5e-4  # L2 penalty (decoupled for adamw)
-    schedule: str = "cosine"  # learning-rate schedule: cosine (linear warm-up, then cosine to 0) | onecycle
+    schedule: str = "cosine"  # lr schedule: cosine (linear warm-up, then cosine to 0) | onecycle | step (--milestones)
     warmup_epochs: float = 1.0  # linear warm-up length in epochs (cosine schedule)
+    milestones: tuple[float, ...] = ()  # step schedule: lr x --lr-decay after each of these epochs, e.g. 150,180,210
+    lr_decay: float = 0.1  # step schedule: factor in (0, 1] applied at each milestone
     precision: str = "auto"  # autocast; auto: bf16 where native, fp16 + gradient scaler on old GPUs (T4), else fp32
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     seed: int = 0  # training seed: weight init, batch order and augmentation
@@ -62,7 +70,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting (device included)."""
-        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing"):
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "random_erasing", "lr_decay"):
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"--{flag(name)} {value}: must be a finite number")
@@ -80,11 +88,23 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, "optimizer", f"choose from: {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, "schedule", f"choose from: {', '.join(SCHEDULES)}"),
             (self.precision in PRECISIONS, "precision", f"choose from: {', '.join(PRECISIONS)}"),
+            (0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1] (the factor applied at each milestone)"),
         ]
         for ok, name, rule in checks:
             if not ok:
                 raise ValueError(f"--{flag(name)} {getattr(self, name)}: {rule}")
+        self.validate_milestones()
         resolve_device(self.device)
+
+    def validate_milestones(self) -> None:
+        """The step schedule's milestones: given, finite, strictly increasing, each within 1..epochs."""
+        shown = ",".join(f"{m:g}" for m in self.milestones)
+        if self.schedule == "step" and not self.milestones:
+            raise ValueError("--schedule step needs --milestones, the epochs to decay after, e.g. 150,180,210")
+        if not all(math.isfinite(m) and 1 <= m <= self.epochs for m in self.milestones):
+            raise ValueError(f"--milestones {shown}: each must lie within 1..--epochs {self.epochs}")
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:])):
+            raise ValueError(f"--milestones {shown}: must be strictly increasing")
 
 
 @dataclass
@@ -183,9 +203,17 @@ def autocast(device: torch.device, dtype: torch.dtype):
     return nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
+def added_settings(cfg: TrainConfig) -> dict:
+    """The fields of ``ADDED_DEFAULTS`` that differ from the old behaviour: what a run-folder hash adds to the
+    ``runs.TRAIN_KEYS``, so the folders of runs trained before those fields existed keep their names."""
+    return {k: getattr(cfg, k) for k, old in ADDED_DEFAULTS.items() if getattr(cfg, k) != old}
+
+
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov
+        )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose from: {', '.join(OPTIMIZERS)}")
@@ -199,8 +227,22 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def step_factor(step: int, steps_per_epoch: int, milestones: tuple[float, ...], decay: float) -> float:
+    """``decay ** k`` with ``k`` the milestones already passed: the factor of optimiser step ``step`` (from 0).
+
+    A milestone ``m`` takes effect after ``m`` epochs' steps, so with milestones 150, 180, 210 epochs 1-150 train
+    at lr, 151-180 at ``decay * lr`` and so on: mdistiller's and RepDistiller's ``adjust_learning_rate``, which
+    multiplies by ``decay ** sum(epoch > milestones)`` at the start of each (1-based) epoch.
+    """
+    return decay ** sum(step >= round(m * steps_per_epoch) for m in milestones)
+
+
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "step":  # no warm-up, as in the reference recipe
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: step_factor(step, steps_per_epoch, cfg.milestones, cfg.lr_decay)
+        )
     if cfg.schedule == "cosine":
         warmup = min(total, max(1, round(cfg.warmup_epochs * steps_per_epoch)))
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, total, warmup))
@@ -269,6 +311,10 @@ RESUME_IGNORED = {"device", "log_every", "progress", "compile", "deterministic"}
 
 
 def check_resumable(saved: dict, current: dict, path: Path) -> None:
+    """Refuse to resume when a setting that shapes training changed; a ``last.pt`` written before a field was added
+    (``ADDED_DEFAULTS``) trained as that field's old-behaviour value."""
+    saved = {**{k: v for k, v in ADDED_DEFAULTS.items() if k in current}, **saved}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # a tuple stored as a list
     diff = [k for k in current if k not in RESUME_IGNORED and saved.get(k) != current[k]]
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR100_TEST, CIFAR100_TRAIN, cifar100_file, py2_cpickle  # the shared builders
 
 from kd_utils.data import UNLABELED, DataConfig, TensorLoader, prepare_data, stratified_subset
 from kd_utils.datasets import DATASETS, FASHION_MNIST_SYSTEM_DIR, load_dataset, make_synthetic, read_idx
@@ -257,7 +258,8 @@ def test_prepare_data_labeled_fraction_is_stratified():
     full = prepare_data(DataConfig(dataset="synthetic"))
     assert torch.equal(data.train_x, full.train_x)  # only the labels are hidden
     assert torch.equal(data.train_y[data.labeled], full.train_y[data.labeled])
-    assert torch.equal(data.val_y, full.val_y)  # validation labels are never hidden
+    # validation keeps the same fraction of its images (all labeled), stratified: a few-label user's budget
+    assert len(data.val_y) == 20 and torch.bincount(data.val_y, minlength=10).tolist() == [2] * 10
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
@@ -356,41 +358,6 @@ def test_augmentation_is_reproducible_per_epoch(synthetic_splits):
 # --- CIFAR batches are read without running code from the data folder, and checked ---------------
 
 
-def py2_cpickle(batch: dict) -> bytes:
-    """``batch`` as Python 2's cPickle wrote the real CIFAR files (protocol 2), opcode by opcode.
-
-    Strings are SHORT_BINSTRING / BINSTRING (bytes under ``encoding="bytes"``), ints BININT1 / BININT2 / BININT,
-    and the array goes through ``numpy.core.multiarray._reconstruct``, whichever numpy runs the test.
-    """
-
-    def string(b: bytes) -> bytes:
-        return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<I", len(b)) + b
-
-    def integer(n: int) -> bytes:
-        if 0 <= n < 256:
-            return b"K" + bytes([n])
-        return b"M" + struct.pack("<H", n) if 0 <= n < 65536 else b"J" + struct.pack("<i", n)
-
-    def array(a: np.ndarray) -> bytes:
-        assert a.dtype == np.uint8 and a.ndim == 2
-        return (
-            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + integer(0) + b"\x85" + string(b"b") + b"\x87R"
-            b"(" + integer(1) + integer(a.shape[0]) + integer(a.shape[1]) + b"\x86"  # state: version, shape,
-            b"cnumpy\ndtype\n" + string(b"u1") + integer(0) + integer(1) + b"\x87R"  # dtype,
-            b"(" + integer(3) + string(b"|") + b"NNN" + integer(-1) + integer(-1) + integer(0) + b"tb"
-            b"\x89" + string(a.tobytes()) + b"tb"  # Fortran order: False, the raw bytes
-        )
-
-    def value(v) -> bytes:
-        if isinstance(v, np.ndarray):
-            return array(v)
-        if isinstance(v, list):
-            return b"](" + b"".join(integer(x) if isinstance(x, int) else string(x) for x in v) + b"e"
-        return string(v)
-
-    return b"\x80\x02}(" + b"".join(string(k) + value(v) for k, v in batch.items()) + b"u."
-
-
 def test_py2_cpickle_writes_what_plain_pickle_reads():
     batch = {b"data": np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072), b"labels": [3, 300], b"name": b"x"}
     raw = py2_cpickle(batch)
@@ -398,37 +365,6 @@ def test_py2_cpickle_writes_what_plain_pickle_reads():
     loaded = pickle.loads(raw, encoding="bytes")
     assert loaded[b"labels"] == [3, 300] and loaded[b"name"] == b"x"
     assert loaded[b"data"].dtype == np.uint8 and np.array_equal(loaded[b"data"], batch[b"data"])
-
-
-CIFAR100_TRAIN = 200  # every fine class twice: a stratified split of 100 needs two of each
-CIFAR100_TEST = 100
-
-
-def cifar100_file(n: int, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    fine = [(7 * i + seed) % 100 for i in range(n)]
-    return {
-        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
-        b"batch_label": b"fixture",
-        b"fine_labels": fine,
-        b"coarse_labels": [f // 5 for f in fine],  # not the real superclass map; only needs to differ from fine
-        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-    }
-
-
-@pytest.fixture
-def cifar100_root(tmp_path: Path) -> Path:
-    """torchvision's cifar-100-python layout: ``train`` as Python 2 wrote it, ``test`` as Python 3 does."""
-    folder = tmp_path / "cifar-100-python"
-    folder.mkdir()
-    train = cifar100_file(CIFAR100_TRAIN, seed=1)
-    train[b"data"][5, 1 * 1024 + 3 * 32 + 30] = 222  # image 5, G channel, row 3, col 30
-    (folder / "train").write_bytes(py2_cpickle(train))
-    with open(folder / "test", "wb") as f:
-        pickle.dump(cifar100_file(CIFAR100_TEST, seed=2), f, protocol=2)
-    meta = {b"fine_label_names": [c.encode() for c in DATASETS["cifar100"].classes]}
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return tmp_path
 
 
 def test_cifar100_facts():

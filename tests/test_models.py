@@ -79,6 +79,11 @@ def test_every_parameter_gets_a_gradient(name, in_channels):
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: {pname} got no gradient"
         assert torch.isfinite(p.grad).all(), pname
+    # all-zero checked in eval mode: in training mode BatchNorm subtracts the batch mean, so a shift reaching it
+    # through a 1x1 conv (MobileNetV2's projection BN, VGG's conv biases) has an exactly zero gradient
+    model.zero_grad()
+    model.eval()(tiny_input(in_channels)).sum().backward()
+    for pname, p in model.named_parameters():
         assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
 
 
@@ -121,13 +126,23 @@ def test_fuse_batchnorm_keeps_outputs_and_leaves_the_original_alone(name):
     fused = fuse_batchnorm(model)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        for a, b in zip(model.forward_features(x), fused.forward_features(x)):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-        torch.testing.assert_close(model(x), fused(x), atol=1e-4, rtol=1e-4)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        for a, b in [*zip(model.forward_features(x), fused.forward_features(x)), (model(x), fused(x))]:
+            # relative to the map's scale: with these statistics deep ResNets reach activations of 1e3..1e8
+            assert (a - b).abs().max() <= 1e-4 * a.abs().max()
+    assert conv_bn_pairs(model) and not conv_bn_pairs(fused)  # pre-activation BNs (WRN) follow sums and stay
     assert not fused.training and not any(p.requires_grad for p in fused.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def conv_bn_pairs(model: torch.nn.Module) -> list[str]:
+    """Each BatchNorm registered right after a Conv2d in the same parent (what fuse_batchnorm folds)."""
+    pairs = []
+    for parent_name, parent in model.named_modules():
+        children = list(parent.named_children())
+        for (_, a), (b_name, b) in zip(children, children[1:]):
+            if isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d):
+                pairs.append(f"{parent_name}.{b_name}")
+    return pairs
 
 
 def test_num_params_matches_count_parameters():

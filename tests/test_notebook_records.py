@@ -10,6 +10,7 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 
+from kd_utils import added_settings
 from kd_utils.config import ExperimentConfig
 from kd_utils.notebook import setup
 from kd_utils.records import NOT_SHAPING, RunRecord, run_settings, same_run
@@ -84,7 +85,8 @@ def test_a_record_read_back_from_json_matches_the_one_in_memory():
 
 def test_what_does_not_shape_a_run_is_what_names_no_checkpoint():
     """The dropped train fields are exactly those ``run_dir`` leaves out, and none of the data keys it uses."""
-    assert set(NOT_SHAPING["train"]) == {f.name for f in fields(TrainConfig)} - set(TRAIN_KEYS)
+    added = set(added_settings.TRAIN)  # in a folder's name only off their old value (train.added_settings)
+    assert set(NOT_SHAPING["train"]) == {f.name for f in fields(TrainConfig)} - set(TRAIN_KEYS) - added
     assert not set(NOT_SHAPING["data"]) & set(DATA_KEYS)
     assert set(NOT_SHAPING[""]) <= {f.name for f in fields(ExperimentConfig)}
 
@@ -93,7 +95,7 @@ def test_other_keys_of_the_file_are_kept_and_bad_inputs_refused(tmp_path):
     path = tmp_path / "runs.json"
     path.write_text(json.dumps({"runs": [record()], "notes": "kept"}))
     save_record(path, record(f1=0.7))
-    assert load_results(path) == {"runs": [record(f1=0.7)], "notes": "kept"}
+    assert load_results(path) == {"runs": [json.loads(json.dumps(record(f1=0.7)))], "notes": "kept"}  # tuples: lists
     with pytest.raises(ValueError, match=r"runs\.csv: replacing the record of the same run needs a \.json"):
         save_record(tmp_path / "runs.csv", record())
     assert not (tmp_path / "runs.csv").exists()
@@ -111,7 +113,7 @@ def test_a_run_record_value_is_stored_as_its_dict(tmp_path):
     save_record(path, record("logit", "logit"))  # stored before records were typed
     typed = RunRecord.from_dict(record("logit", "logit", f1=0.8))
     save_record(path, typed)
-    assert load_runs(path) == [typed.to_dict()]
+    assert load_runs(path) == [json.loads(json.dumps(typed.to_dict()))]  # as stored: tuples become lists
 
 
 def test_a_notebook_run_twice_saves_each_record_once(tmp_path):
@@ -147,3 +149,17 @@ def test_concurrent_saves_keep_every_run_once(tmp_path):
     names = [r["name"] for r in load_runs(path)]
     assert sorted(names) == sorted(["shared", *(f"w{w}-{i}" for w in range(WORKERS) for i in range(SAVES))])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.json", "runs.json.lock"]  # no temporary files
+
+
+def test_a_record_without_the_fields_added_since_is_the_same_run_as_one_at_their_old_values():
+    """A stored record lacks the fields added after it (step schedule, Nesterov switch, DKD warm-up, logit
+    standardization); a re-run at their old values replaces it instead of adding a duplicate."""
+    new = record("dkd", "dkd")
+    old = json.loads(json.dumps(new))
+    for section, added in (("train", added_settings.TRAIN), ("distill", added_settings.DISTILL)):
+        for name in added:
+            old["config"][section].pop(name, None)
+    assert same_run(old, new)
+    changed = json.loads(json.dumps(new))
+    changed["config"]["train"]["nesterov"] = False
+    assert not same_run(old, changed)

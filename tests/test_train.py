@@ -413,3 +413,130 @@ def test_resumed_dkd_warmup_matches_an_uninterrupted_run(small_splits, tiny_trai
     resumed = fit(distiller, small_splits, cfg, tmp_path / "b", resume=True)
     assert distiller.warmup.item() == 0.75  # epoch 3 of a 4-epoch warm-up, not epoch 1 of the resumed session
     assert without_timing(resumed.history) == without_timing(full.history)
+
+
+# --- the step schedule (CRD / mdistiller CIFAR-100 recipe), Nesterov off, and runs stored before them -------------
+
+
+def reference_step_lr(epoch: int, lr: float, milestones: list[int], decay: float) -> float:
+    """mdistiller's ``adjust_learning_rate`` (RepDistiller's is the same), typed from its source: called at the start
+    of every 1-based epoch, ``lr * decay ** sum(epoch > milestones)``."""
+    return lr * decay ** sum(epoch > m for m in milestones)
+
+
+def lrs_per_step(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate each optimiser step of a run trains with."""
+    opt = train_mod.build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg)
+    scheduler = train_mod.build_scheduler(opt, cfg, steps_per_epoch)
+    lrs = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        scheduler.step()
+    return lrs
+
+
+def test_step_schedule_is_the_references_adjust_learning_rate():
+    cfg = TrainConfig(epochs=240, lr=0.05, schedule="step", milestones=(150, 180, 210), lr_decay=0.1)
+    lrs = lrs_per_step(cfg, steps_per_epoch=3)
+    expected = [reference_step_lr(e, 0.05, [150, 180, 210], 0.1) for e in range(1, 241) for _ in range(3)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs[150 * 3 - 1] == pytest.approx(0.05) and lrs[150 * 3] == pytest.approx(0.005)  # epoch 151 decays
+    assert lrs[-1] == pytest.approx(0.05e-3)  # epochs 211-240
+    factors = [train_mod.step_factor(step, 2, (1.5, 3.0), 0.5) for step in range(8)]
+    assert factors == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25]  # a fractional milestone: after round(1.5 * 2) steps
+
+
+def test_fit_with_the_step_schedule_decays_after_each_milestone(small_splits, tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, epochs=3, schedule="step", milestones=(1, 2), lr_decay=0.5)
+    history = fit(make_distiller(), small_splits, cfg).history
+    assert [row["lr"] for row in history] == pytest.approx([0.025, 0.0125, 0.0125])  # the lr after each epoch
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schedule": "step"}, "--schedule step needs --milestones"),
+        (
+            {"schedule": "step", "milestones": (150.0, 180.0, 250.0)},
+            "--milestones 150,180,250: each must lie within 1..--epochs 240",
+        ),
+        ({"schedule": "step", "milestones": (0.0,)}, "--milestones 0: each must lie within 1..--epochs 240"),
+        ({"schedule": "step", "milestones": (180.0, 150.0)}, "--milestones 180,150: must be strictly increasing"),
+        ({"schedule": "step", "milestones": (150.0, 150.0)}, "--milestones 150,150: must be strictly increasing"),
+        ({"milestones": (float("nan"),)}, "--milestones nan: each must lie within"),
+        ({"lr_decay": 0.0}, r"--lr-decay 0.0: must be in \(0, 1\]"),
+        ({"lr_decay": 1.5}, r"--lr-decay 1.5: must be in \(0, 1\]"),
+        ({"lr_decay": float("inf")}, "--lr-decay inf: must be a finite number"),
+    ],
+)
+def test_step_schedule_settings_are_checked(changes, message):
+    cfg = dataclasses.replace(TrainConfig(epochs=240, device="cpu"), **changes)
+    with pytest.raises(ValueError, match=message):
+        cfg.validate()
+    dataclasses.replace(TrainConfig(epochs=240, device="cpu"), schedule="step", milestones=(150, 180, 210)).validate()
+    dataclasses.replace(TrainConfig(epochs=2, device="cpu"), schedule="step", milestones=(1, 2), lr_decay=1).validate()
+
+
+def test_nesterov_is_a_setting():
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    assert train_mod.build_optimizer(params, TrainConfig()).defaults["nesterov"] is True  # the old behaviour
+    assert train_mod.build_optimizer(params, TrainConfig(nesterov=False)).defaults["nesterov"] is False
+
+
+def test_new_training_settings_at_their_defaults_leave_run_folders_named_as_before():
+    """A run folder is named by a hash of ``runs.TRAIN_KEYS``; milestones, lr_decay and nesterov join the hash only
+    off the old behaviour, so every folder named before they existed is still found (test_structure checks the
+    stored study's)."""
+    from kd_utils.runs import TRAIN_KEYS, run_dir, shaping, train_shaping
+
+    assert train_shaping(TrainConfig()) == shaping(TrainConfig(), TRAIN_KEYS)
+    step = TrainConfig(epochs=240, schedule="step", milestones=(150, 180, 210))
+    assert train_shaping(step) == {**shaping(step, TRAIN_KEYS), "milestones": (150, 180, 210)}
+    assert train_shaping(TrainConfig(nesterov=False))["nesterov"] is False
+    folders = {
+        run_dir(ExperimentConfig(train=t), "baseline")
+        for t in (TrainConfig(), step, dataclasses.replace(step, lr_decay=0.2), TrainConfig(nesterov=False))
+    }
+    assert len(folders) == 4
+
+
+def test_a_last_pt_from_before_the_new_settings_resumes(small_splits, tiny_train_config, tmp_path):
+    fit(make_distiller(), small_splits, tiny_train_config, tmp_path)
+    state = train_mod.load_checkpoint(tmp_path / "last.pt")
+    for key in train_mod.ADDED_DEFAULTS:  # as written before the fields existed
+        del state["train_config"][key]
+    state["train_config"]["epochs"] = 2
+    train_mod.save_checkpoint(state, tmp_path / "last.pt")
+    longer = dataclasses.replace(tiny_train_config, epochs=2)
+    lines = []
+    resumed = fit(make_distiller(), small_splits, longer, tmp_path, resume=True, log=lines.append)
+    assert any("after epoch 1" in line for line in lines) and len(resumed.history) == 2
+    train_mod.save_checkpoint(state, tmp_path / "last.pt")  # it trained with Nesterov: plain momentum is a change
+    with pytest.raises(ValueError, match="nesterov: True -> False"):
+        fit(make_distiller(), small_splits, dataclasses.replace(longer, nesterov=False), tmp_path, resume=True)
+
+
+def test_the_stored_study_checkpoints_resume_under_todays_training_config():
+    """Every stored ``last.pt`` (written before milestones, lr_decay and nesterov existed) passes the resume check
+    against its own settings read as today's ``TrainConfig`` (the new fields at their defaults)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stored = sorted((root / "checkpoints" / "runs").glob("*/last.pt"))
+    assert stored
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for last in stored:
+        saved = train_mod.load_checkpoint(last)["train_config"]
+        assert not set(train_mod.ADDED_DEFAULTS) & set(saved), last  # written before the fields existed
+        today = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+        check_resumable(saved, dataclasses.asdict(today), last)
+
+
+def test_a_teacher_shorter_than_the_step_schedule_is_refused():
+    from kd_utils.config import ExperimentConfig
+
+    train = TrainConfig(epochs=240, schedule="step", milestones=(150.0, 180.0, 210.0))
+    with pytest.raises(ValueError, match="--teacher-epochs 200: fewer than the step schedule's milestone 210"):
+        ExperimentConfig(train=train, teacher_epochs=200).validate()
+    ExperimentConfig(train=train, teacher_epochs=240).validate()
