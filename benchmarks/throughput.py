@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pack-ks", type=int, nargs="+", default=[4, 8, 16], help="pack sizes K to time")
     parser.add_argument("--pack-method", default="baseline", help="the packed students' method (baseline: labels only)")
     parser.add_argument("--pack-epochs", type=int, default=1, help="epochs of each packed and separate fit")
+    parser.add_argument("--only-packed", action="store_true", help="time the packing benchmark (6) alone")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     if args.short:
@@ -371,6 +372,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = describe(device, dtype)
     report["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if args.only_packed:
+        return write_report(add_packed(report, images, labels, device, args), args, format_packed)
     report["pipeline_images_per_s"] = bench_pipeline(images, labels, device, args.batch_size)
     report["fast_path_images_per_s"] = bench_steps(device, dtype, True, args.batch_size, warmup, args.repeats)
     report["fp32_plain_images_per_s"] = bench_steps(device, torch.float32, False, args.batch_size, warmup, args.repeats)
@@ -385,11 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         images, labels, device, args.precision, args.batch_size, args.fit_epochs, args.fit_repeats
     )
     report["shared_teacher"] = shared
-    report["packed"] = bench_packed(
-        images, labels, device, args.precision, args.batch_size, args.pack_epochs, args.pack_ks, args.pack_method
-    )
-    report["packed_speedup"] = {k: v["packed_speedup"] for k, v in report["packed"]["k"].items()}
-    report["packed_images_per_s"] = {k: v["packed_images_per_s"] for k, v in report["packed"]["k"].items()}
+    add_packed(report, images, labels, device, args)
 
     pipe, fast = report["pipeline_images_per_s"], report["fast_path_images_per_s"]
     report["pipeline_speedup"] = pipe["tensor_pipeline"] / pipe["dataloader_pil_2_workers"]
@@ -401,7 +400,20 @@ def main(argv: list[str] | None = None) -> dict:
     report["shared_teacher_ratio"] = shared["ratio"]
     report["teacher_cache_fill_seconds"] = shared["fill_s"]
     report["teacher_cache_bytes_per_epoch"] = shared["bytes_per_epoch"]
-    print(format_report(report))
+    return write_report(report, args, format_report)
+
+
+def add_packed(report: dict, images, labels, device, args) -> dict:
+    report["packed"] = bench_packed(
+        images, labels, device, args.precision, args.batch_size, args.pack_epochs, args.pack_ks, args.pack_method
+    )
+    report["packed_speedup"] = {k: v["packed_speedup"] for k, v in report["packed"]["k"].items()}
+    report["packed_images_per_s"] = {k: v["packed_images_per_s"] for k, v in report["packed"]["k"].items()}
+    return report
+
+
+def write_report(report: dict, args, formatter) -> dict:
+    print(formatter(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
@@ -444,7 +456,12 @@ def format_report(r: dict) -> str:
         f"shared_teacher_ratio {r['shared_teacher_ratio']:.3f} | target <= {s['target']:.2f}: {verdict}{where} | "
         f"teacher cache per epoch: logits {b['logits']:,} B, hidden pooled maps {b['hidden_pooled']:,} B"
     )
-    p = r["packed"]
+    lines.append(format_packed(r))
+    return "\n".join(lines)
+
+
+def format_packed(r: dict) -> str:
+    p, lines = r["packed"], [f"device {r['device']} | torch {r['torch']} | precision {r['precision']}"]
     lines.append(f"packed {p['method']} students, {p['epochs']} epoch(s) of {p['train_images']:,} images each:")
     for k, v in p["k"].items():
         lines.append(
