@@ -70,7 +70,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs["choices"] = CHOICES[name]
         group.add_argument(f"--{name}", **kwargs)
         if name == "pack":
-            group.add_argument("--no-pack", dest=dest, action="store_const", const=1, help="the same as --pack 1")
+            group.add_argument(
+                "--no-pack",
+                dest=dest,
+                action="store_const",
+                const=1,
+                default=argparse.SUPPRESS,
+                help="the same as --pack 1",
+            )
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
