@@ -3,7 +3,7 @@
 #   make test   the test suite: pytest tests/ (with and without the optional packages), then the notebooks (nbval);
 #               installs Debian's postgresql first: tests/test_sweep_postgres.py runs a sweep on a throwaway server
 #   make report re-render Pictures/ and the README tables from results/
-#   make sweeps tune every method on validation F1 (short Optuna sweeps), before the study
+#   make sweeps tune every method on validation F1 (protocol 2: the default first, 16 pruned trials of 15 epochs), before the study
 #   make study  the stored full-profile study: notebooks 00-05 on Fashion-MNIST, outputs kept in notebooks/
 PYTHON ?= python3
 VENV   ?= .venv
@@ -58,7 +58,7 @@ study: $(STUDY_DONE)
 # Tuning before the study (validation F1 only): one Optuna sweep per method with the study's teacher, its
 # settings in kd_utils/study.py (SWEEP_SETTINGS, sweep_argv); notebook 05 then trains each method at the setting
 # its sweep chose. Resumable: a finished sweep is not run again (its -best.json exists), an interrupted one
-# continues on its SQLite storage. `python -m kd_utils study jobs` lists the study's runs.
+# continues on its journal file (checkpoints/sweeps-v2.journal). `python -m kd_utils study jobs` lists the runs.
 sweeps: setup data
 	$(PY) -m kd_utils study sweeps
 
