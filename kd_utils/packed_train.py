@@ -56,6 +56,7 @@ from .train import (
     format_epoch,
     load_checkpoint_file,
     load_resume_state,
+    logit_metrics,
     machine_label,
     resolve_device,
     resolve_precision,
@@ -230,7 +231,7 @@ def fit_packed(
                 outcome.error = err
                 retire(packed, opt, plan, i)
                 continue
-            val = val_metrics(val_logits[i], data)
+            val = logit_metrics(val_logits[i], data.val_y.cpu(), data.info.classes)  # as train.evaluate
             row = {
                 "epoch": epoch, **parts[i],
                 "val_loss": val["loss"] if math.isfinite(val["loss"]) else None,
@@ -503,11 +504,3 @@ def packed_infer(packed: PackedNet, loader: TensorLoader, dtype: torch.dtype = t
             outs.append(packed(stack_inputs([x] * packed.k)).float())  # (B, K, N)
     packed.train(was_training)
     return torch.cat(outs).permute(1, 0, 2).cpu()
-
-
-def val_metrics(logits: Tensor, data: DataSplits) -> dict:
-    """``train.evaluate``'s metrics from one member's validation logits."""
-    labels = data.val_y.cpu()
-    metrics = classification_metrics(labels, logits.argmax(1), data.info.classes)
-    metrics["loss"] = nn.functional.cross_entropy(logits, labels).item()
-    return metrics

@@ -266,8 +266,11 @@ def infer(model: nn.Module, loader: TensorLoader, dtype: torch.dtype = torch.flo
 
 def evaluate(model: nn.Module, loader: TensorLoader, class_names, dtype=torch.float32) -> dict:
     """Loss and classification metrics of ``model`` on a loader's images."""
-    logits = infer(model, loader, dtype)
-    labels = loader.labels.cpu()
+    return logit_metrics(infer(model, loader, dtype), loader.labels.cpu(), class_names)
+
+
+def logit_metrics(logits: Tensor, labels: Tensor, class_names) -> dict:
+    """Classification metrics and the cross-entropy of ``logits`` against ``labels``."""
     metrics = classification_metrics(labels, logits.argmax(1), class_names)
     metrics["loss"] = nn.functional.cross_entropy(logits, labels).item()
     return metrics
