@@ -45,8 +45,8 @@ test: setup data postgres  # unit tests; again as without the optional packages;
 # its training from checkpoints/. The executed notebooks replace the committed ones only when all six ran.
 STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebooks/0*.ipynb))
 
-checkpoints/notebooks/%.ipynb: | setup data
-	KD_PROFILE=full KD_DATASET=fashion-mnist $(VENV)/bin/jupyter nbconvert --to notebook --execute \
+checkpoints/notebooks/%.ipynb: | setup data  # fp32: kd_utils.study.STUDY_PRECISION, what `study run` trained at
+	KD_PROFILE=full KD_DATASET=fashion-mnist KD_PRECISION=fp32 $(VENV)/bin/jupyter nbconvert --to notebook --execute \
 	  --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.store_widget_state=False \
 	  --output-dir checkpoints/notebooks notebooks/$*.ipynb
 

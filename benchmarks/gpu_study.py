@@ -17,7 +17,9 @@ small CNN leaves one GPU mostly idle, so several at once multiply its throughput
     04-baseline-<s> notebook 04: the 70-epoch baseline of seed s
     04-final-<s>    notebook 04: the 70-epoch run of the best candidate by validation F1 (after 01-03)
     05-<m>          notebook 05: method m at its sweep's setting, every seed (compare_methods)
-    05-few-<f>      notebook 05: the best logit-based method and the baseline with a fraction f of the labels
+    05-ablations    notebook 05: logit KD at logit+regressor's and at fitnets' settings (study.ABLATIONS)
+    05-few-<f>      notebook 05: the best logit-based method and the baseline with a fraction f of the labels, and
+                    the method again from a teacher of those labels alone
 
 At the deadline the jobs still running are stopped (their last finished epoch is on disk). The run folders
 written since the start, the sweeps' results and storage are packed into ``runs-<k>.tgz`` files of at most
@@ -32,7 +34,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,48 +48,20 @@ sys.path.insert(0, str(ROOT))
 
 
 def run_job(job, profile: str, dataset: str, output_dir: str | None) -> None:
-    """Make the calls of ``job``'s notebook (``kd_utils.study``'s functions, with that notebook's config)."""
-    from kd_utils import study
-    from kd_utils.data import prepare_data
+    """``kd_utils.study_run.run_job`` (the notebook's calls); a sweep's trial folders stay out of the study's
+    checkpoints/runs, so that the archive brought back holds the compared runs."""
     from kd_utils.notebook import setup
-    from kd_utils.runs import train_experiment
-    from kd_utils.teacher import prepare_teacher
+    from kd_utils.study_run import run_job as notebook_calls
 
-    session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ={}, log=None)
-    cfg, seeds = session.cfg, list(session.seeds)
-    sweeps = session.paths.results.parent / "sweeps"
+    sweep_dir = None
+    if job.kind == "sweep" and profile == "full":
+        session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ={}, log=None)
+        sweep_dir = Path(os.environ.get("GPU_STUDY_SWEEP_CHECKPOINTS", "/tmp/gpu-study-sweeps"))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        if not (sweep_dir / "teachers").exists():
+            (sweep_dir / "teachers").symlink_to(Path(session.paths.checkpoints).resolve() / "teachers")
     scratch = Path(output_dir or "/tmp") / "gpu-study-records" / f"{job.name}.json"  # the notebooks remake records
-    data = prepare_data(cfg.data)
-    teacher = prepare_teacher(cfg, data)
-    if job.kind == "teacher":  # the teacher and the 15-epoch baselines every other job reads (cached in the study)
-        for seed_cfg in session.seed_configs(cfg):
-            train_experiment("baseline", seed_cfg, data)
-    elif job.kind == "sweep":
-        if profile == "full":
-            sweep_dir = Path(os.environ.get("GPU_STUDY_SWEEP_CHECKPOINTS", "/tmp/gpu-study-sweeps"))
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-            if not (sweep_dir / "teachers").exists():  # trial runs stay out of the study's checkpoints/runs
-                (sweep_dir / "teachers").symlink_to(Path(cfg.checkpoint_dir).resolve() / "teachers")
-            argv = study.sweep_argv(job.arg, str(sweep_dir))
-            subprocess.run([sys.executable, "-m", "kd_utils", *argv], cwd=ROOT, check=True)
-        study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, scratch)
-    elif job.kind == "candidates":
-        study.train_candidates(cfg, data, teacher)
-    elif job.kind == "final-baseline":
-        train_experiment("baseline", study.with_seed(session.final_config(), job.arg), data, name="final-baseline",
-                         role="final-baseline")  # fmt: skip
-    elif job.kind == "final":
-        best = study.best_by_validation(study.train_candidates(cfg, data, teacher))  # finished: evaluated only
-        study.final_runs(session.final_config(), data, teacher, best, [job.arg])
-    elif job.kind == "few-labels":
-        records = study.compare_methods(cfg, data, teacher, list(study.LOGIT_METHODS), seeds, sweeps, scratch, log=None)
-        chosen = study.best_logit_method(records)
-        few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=job.arg))
-        study.compare_methods(few_cfg, prepare_data(few_cfg.data), teacher, [chosen], seeds, sweeps, scratch)
-    elif job.kind == "compare":
-        study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, scratch)
-    else:
-        raise SystemExit(f"unknown job {job.name}")
+    notebook_calls(job, profile, dataset, output_dir, scratch, str(sweep_dir) if sweep_dir else None)
 
 
 # --- the scheduler ----------------------------------------------------------------------------------------------

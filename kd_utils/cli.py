@@ -20,7 +20,7 @@ from .flags import HelpFormatter, OneLineParser, add_config_flags, config_from_a
 from .results import check_results_path, load_records
 from .runs import EXPERIMENTS
 from .search import add_sweep_parser
-from .study import FINAL_EPOCHS, format_jobs, run_study, sweep_argv, sweep_done
+from .study import FINAL_EPOCHS, SWEEP_ORDER, format_jobs, run_study, sweep_argv, sweep_done
 from .summary import format_run_table
 from .train import NonFiniteLossError
 
@@ -86,9 +86,16 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     labels.add_argument("--data-dir", default=FLAGS["data-dir"].default, help="where the dataset is (never downloaded)")
     labels.add_argument("--test-size", type=int, default=None, help="the runs' --test-size (None: the whole test set)")
     labels.add_argument("--split-seed", type=int, default=0, help="the runs' --split-seed")
-    protocol = sub.add_parser("study", help="the study's protocol: list its jobs, or run the sweeps not finished yet",
+    protocol = sub.add_parser("study", help="the stored study: its jobs, their progress, and training them here",
                               formatter_class=HelpFormatter)  # fmt: skip
-    protocol.add_argument("action", choices=("jobs", "sweeps"), help="jobs: one line each; sweeps: `make sweeps`")
+    protocol.add_argument("action", choices=("jobs", "sweeps", "run", "status", "job"),
+                          help="jobs: one line each; sweeps: `make sweeps`; run: the pending jobs, one at a time, "
+                          "for --hours (resumable; kd_utils/study_run.py); status: what is done and where; "
+                          "job NAME: one job (what `run` starts)")  # fmt: skip
+    protocol.add_argument("name", nargs="?", help="study job: the job's name (`study jobs`)")
+    protocol.add_argument("--hours", type=float, default=2.5, help="study run: stop the running job after this")
+    protocol.add_argument("--only", default=None, help="study run: comma-separated job names (default: all)")
+    protocol.add_argument("--records", default=None, help="study job: append the job's records to this .json")
     sweep = add_sweep_parser(sub)
     sweep.add_argument(
         "--config", metavar="FILE", help="TOML file of settings (keys: the long option names); flags win"
@@ -145,14 +152,35 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 
 def run_study_sweeps(prog: str | None = None) -> int:
-    """``study sweeps`` (``make sweeps``): every study sweep not finished yet, in method order; stops at the first
-    that fails, with its exit code."""
-    for method in STUDENT_METHODS:
+    """``study sweeps`` (``make sweeps``): every study sweep not finished yet, in ``SWEEP_ORDER``; stops at the
+    first that fails, with its exit code."""
+    for method in SWEEP_ORDER:
         if not sweep_done(method):
             print(f"sweep {method}: python -m kd_utils {' '.join(sweep_argv(method))}", flush=True)
             code = main(sweep_argv(method), prog)
             if code:
                 return code
+    return 0
+
+
+def study_command(args: argparse.Namespace, prog: str | None) -> int:
+    from . import study_run
+
+    progress = study_run.Progress(Path("results") / study_run.study.SWEEP_DATASET / study_run.PROGRESS)
+    if args.action == "jobs":
+        print(format_jobs())
+    elif args.action == "sweeps":
+        return run_study_sweeps(prog)
+    elif args.action == "status":
+        print(study_run.status(progress))
+    elif args.action == "job":
+        if not args.name:
+            raise ValueError("study job: give the job's name (`python -m kd_utils study jobs` lists them)")
+        study_run.run_job(study_run.find_job(args.name), records_path=args.records, sweep_only=True)
+    else:
+        if not args.hours > 0:
+            raise ValueError(f"--hours {args.hours}: must be > 0")
+        return study_run.run_queue(args.hours, progress, args.only.split(",") if args.only else None)
     return 0
 
 
@@ -191,10 +219,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
             path = store_test_labels(args.dataset, args.results_dir, args.data_dir, args.test_size, args.split_seed)
             print(f"test labels written to {path}")
-        elif args.command == "study" and args.action == "jobs":
-            print(format_jobs())
         elif args.command == "study":
-            return run_study_sweeps(prog)
+            return study_command(args, prog)
     except (ValueError, FileNotFoundError, TimeoutError) as err:
         return fail(parser.prog, str(err), 2)
     except NonFiniteLossError as err:

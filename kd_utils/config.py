@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from .data import DataConfig
 from .distill import DistillConfig
-from .train import TrainConfig
+from .train import PRECISIONS, TrainConfig
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "distill": DistillConfig}
 RENAMED = {("data", "seed"): "split_seed"}  # fields whose flag is not their name (two sections have `seed`)
@@ -43,6 +43,7 @@ class ExperimentConfig:
     student: str = "student_cnn"  # student architecture (as --teacher)
     teacher_epochs: int = 30  # the teacher's epochs (its other training settings are the students')
     teacher_random_erasing: float = 0.0  # the teacher's random-erasing probability (students: --random-erasing)
+    teacher_precision: str | None = None  # the teacher's training precision, if not the students' --precision
     teacher_checkpoint: str | None = None  # use these teacher weights (.pt) instead of training one
     student_checkpoint: str | None = None  # start students from these weights instead of random init
     checkpoint_dir: str = "checkpoints"  # teacher/baseline cache, run checkpoints, stored teacher outputs
@@ -54,7 +55,9 @@ class ExperimentConfig:
     pack: int = 0  # runs of one method trained at once as one network (seeds, sweep trials): 0 auto (16 on CUDA, 1 elsewhere), 1 apart (--no-pack)
 
     def teacher_train_config(self) -> TrainConfig:
-        return replace(self.train, epochs=self.teacher_epochs, random_erasing=self.teacher_random_erasing)
+        precision = self.teacher_precision or self.train.precision
+        return replace(self.train, epochs=self.teacher_epochs, random_erasing=self.teacher_random_erasing,
+                       precision=precision)  # fmt: skip
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the flag of the first bad setting; loads nothing, trains nothing."""
@@ -67,6 +70,8 @@ class ExperimentConfig:
             raise ValueError(
                 f"--pack {self.pack}: must be >= 0 (0: automatic, 1: apart, K: up to K runs as one network)"
             )
+        if self.teacher_precision is not None and self.teacher_precision not in PRECISIONS:
+            raise ValueError(f"--teacher-precision {self.teacher_precision}: choose from: {', '.join(PRECISIONS)}")
         if self.teacher_epochs < 1:
             raise ValueError(f"--teacher-epochs {self.teacher_epochs}: must be >= 1")
         late = [m for m in self.train.milestones if m > self.teacher_epochs]

@@ -143,7 +143,7 @@ class Session:
     precision: str  # the autocast dtype the runs use, e.g. "bfloat16" ("float32": no autocast)
     started: str  # UTC, to the minute
     drive: bool = False  # outputs go to Google Drive
-    seeds: tuple[int, ...] = (0,)  # training seeds of the multi-seed comparisons (04's final run, 05)
+    seeds: tuple[int, ...] = (0,)  # training seeds of the multi-seed comparisons (04's final run, 05): the profile's
     start: float = field(default_factory=time.perf_counter)
 
     @property
@@ -235,7 +235,7 @@ def setup(
     paths = study_paths(profile, dataset, values["output_dir"] or None, drive)
     knobs = dict(PROFILES[profile])
     final_epochs = knobs.pop("final_epochs")
-    seeds = tuple(dict.fromkeys((values["seed"], *knobs.pop("seeds"))))  # the session's seed first
+    seeds = tuple(knobs.pop("seeds"))  # SEED is the teacher's and 00-03's; the full profile's leave the sweeps' 0 out
     if values["epochs"]:
         knobs["epochs"] = values["epochs"]
     cfg = from_flags({

@@ -25,7 +25,7 @@ import torch
 
 from . import added_settings
 
-ROLES = ("teacher", "baseline", "method", "final-baseline", "final")  # a run's part in the study
+ROLES = ("teacher", "baseline", "method", "final-baseline", "final", "ablation")  # a run's part in the study
 LABELS_ONLY = ("baseline", "final-baseline")  # the roles trained without a teacher
 UNKNOWN = "unknown hardware"
 # Config fields that do not change what a run produces: where files live, resuming, logging, speed and safety

@@ -25,6 +25,8 @@ from .comparison import (  # noqa: F401 - the notebooks read the comparison thro
     VERDICTS,
     Grouped,
     Runs,
+    ablation_rows,
+    ablation_table,
     comparison_conclusion,
     comparison_rows,
     comparison_table,
@@ -45,6 +47,7 @@ from .ranking import family_title, findings_text, pairs_table, rank, ranking_tab
 from .records import RunRecord, read_records
 from .results import atomic_write, load_records
 from .stats import mean_std
+from .study import SWEEP_DATASET, teacher_choice_table
 
 
 def metric_rows(runs: Runs) -> list[dict]:
@@ -250,6 +253,9 @@ def readme_blocks(records: list[RunRecord], dataset: str, labels: np.ndarray | N
             f"**{family_title(f, grouped)}**\n\n{pairs_table(f, grouped)}" for f in families
         )
     blocks[f"results:{dataset}:findings"] = findings_text(rows, families, grouped)
+    ablations = ablation_rows(grouped, evidence)
+    if ablations:
+        blocks[f"results:{dataset}:ablations"] = ablation_table(ablations)
     per_class = per_class_gain_table(compared_runs(records))
     if per_class is not None:
         blocks[f"results:{dataset}:per-class"] = per_class
@@ -344,6 +350,9 @@ def render_report(
         times = notebook_times(results_dir)
         if times is not None:
             blocks["notebook-times"] = times
+        progress = study_progress(results_dir)
+        if progress is not None:
+            blocks["study-progress"] = progress
         text = readme.read_text() if readme is not None and readme.exists() else None
         new = text
         for key, body in blocks.items() if text is not None else ():
@@ -357,6 +366,14 @@ def render_report(
         return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def study_progress(results_dir: Path) -> str | None:
+    """The re-run's job log (``study run``), when there is one: jobs done, where, how long; what is left."""
+    from .study_run import PROGRESS, Progress, status
+
+    progress = Progress(results_dir / SWEEP_DATASET / PROGRESS)
+    return status(progress) if progress.jobs_file.exists() else None
 
 
 def render_dataset(runs_file: Path, results_dir: Path, pictures: Path, data_dir: str | Path) -> dict[str, str]:
@@ -381,6 +398,10 @@ def render_dataset(runs_file: Path, results_dir: Path, pictures: Path, data_dir:
         plots.save_figure(fig, figure_path(pictures, dataset, "pairwise"))
         plt.close(fig)
     blocks = readme_blocks(records, dataset, labels)
+    archived = [r for path in sorted(runs_file.parent.glob("archive/*.json")) for r in load_records(path)]
+    teachers = teacher_choice_table([*archived, *records])  # the recipes tried, some in earlier studies' files
+    if teachers is not None:
+        blocks[f"results:{dataset}:teacher"] = teachers
     sweeps = sweep_table(runs_file.parent / "sweeps", results_dir.absolute().parent)  # links from the README's folder
     if sweeps is not None:
         blocks[f"results:{dataset}:sweeps"] = sweeps

@@ -25,7 +25,12 @@ from .teacher import FrozenTeacher, prepare_teacher
 from .train import checked_resume_file
 
 # --- the protocol, as data --------------------------------------------------------------------------------
-STUDY_TEACHER = {"teacher_epochs": 40, "teacher_random_erasing": 0.5}  # the strong teacher of the stored study
+# the stored study's teacher: trained at "auto" (bf16 on the EPYC that trained it), whatever the students' precision
+STUDY_TEACHER = {"teacher_epochs": 40, "teacher_random_erasing": 0.5, "teacher_precision": "auto"}
+# Every run of the stored study (sweeps included) trains in fp32 wherever it trains, so that a comparison resumed in
+# a later session on a CPU with or without native bf16 stays on one machine class (the precision names the runs'
+# folders); `study run` and `make study` set it.
+STUDY_PRECISION = "fp32"
 STUDY_EPOCHS = 15  # every compared student run (notebooks 00-03, 05)
 FINAL_EPOCHS = 70  # the long run of the best candidate, next to a baseline as long (notebook 04)
 STUDY_SEEDS = (1, 2, 3, 4, 5)  # training seeds of every compared run; the sweeps tune on seed 0, which is not one
@@ -33,6 +38,10 @@ CANDIDATES = ("logit", "hidden", "regressor")  # notebooks 01-03 at the defaults
 LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
 FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 SEMI_SUPERVISED = "-semi"  # name suffix of few-label runs distilled from a teacher trained on those labels alone
+# the order the study's sweeps run in: the logit-based methods and their standardized variants first (the few-label
+# runs and the final run need them), then the feature terms; a study cut short has its most-read sweeps done
+SWEEP_ORDER = ("logit", "dist", "dkd", "logit+ls", "dist+ls", "dkd+ls", "logit+regressor", "fitnets", "hidden",
+               "regressor", "at", "rkd", "logit+hidden")  # fmt: skip
 SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
 SWEEP_SEED = 0  # the sweeps' training seed
 # per method: 16 trials at the study's length, the default setting first, TPE after a random third, trials below
@@ -49,7 +58,7 @@ class Job:
 
     name: str  # "04-final-1", "05-dist", "05-few-0.1", "sweep-logit"
     notebook: str  # the notebook that shows its runs
-    kind: str  # teacher | candidates | final-baseline | final | compare | few-labels | sweep
+    kind: str  # teacher | sweep | candidates | final-baseline | compare | ablations | final | few-labels
     arg: int | float | str | None = None  # the seed (final runs), method (compare, sweep) or label fraction
     needs: tuple[str, ...] = ()
 
@@ -60,17 +69,23 @@ def study_jobs(
     methods: Sequence[str] = STUDENT_METHODS,
     fractions: Sequence[float] = FEW_LABEL_FRACTIONS,
 ) -> list[Job]:
-    """Every job of the study, in the order to start them once their needs are met (longest chains first);
-    ``sweeps`` are the methods whose sweep is still to run (that sweep's job then trains its method's comparison,
-    at the setting it chose)."""
-    jobs = [Job("teacher", "00_baseline", "teacher")]
-    jobs += [Job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in sweeps]
+    """Every job of the study, in the order to start them once their needs are met (longest chains first; one at
+    a time, this order runs each sweep before the runs that read it); ``sweeps`` are the methods whose sweep is
+    still to run (that sweep's job then trains its method's comparison, at the setting it chose)."""
+    jobs = [Job("teacher", "00_baseline", "teacher")]  # the teacher's choice and load, the 15-epoch baselines
+    jobs += [Job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in SWEEP_ORDER if m in sweeps]
     jobs += [Job("01-03", "04_final_run", "candidates", None, ("teacher",))]
     jobs += [Job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
-    first = [m for m in methods if m in LOGIT_METHODS] + [m for m in methods if m not in LOGIT_METHODS]
-    jobs += [Job(f"05-{m}", "05_method_comparison", "compare", m, ("teacher",)) for m in first if m not in sweeps]
+    ordered = [m for m in SWEEP_ORDER if m in methods] + [m for m in methods if m not in SWEEP_ORDER]
+    jobs += [Job(f"05-{m}", "05_method_comparison", "compare", m, ("teacher",)) for m in ordered if m not in sweeps]
+
+    def job_of(method: str) -> str:
+        return f"sweep-{method}" if method in sweeps else f"05-{method}"
+
+    parts = tuple(job_of(a.of) for a in ABLATIONS if a.of in methods)
+    jobs += [Job("05-ablations", "05_method_comparison", "ablations", None, ("teacher", *parts))]
     jobs += [Job(f"04-final-{s}", "04_final_run", "final", s, ("teacher", "01-03")) for s in seeds]
-    logit_jobs = tuple(f"sweep-{m}" if m in sweeps else f"05-{m}" for m in LOGIT_METHODS if m in methods)
+    logit_jobs = tuple(job_of(m) for m in LOGIT_METHODS if m in methods)
     jobs += [Job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, ("teacher", *logit_jobs)) for f in fractions]
     return jobs
 
@@ -78,7 +93,7 @@ def study_jobs(
 def sweep_argv(method: str, checkpoint_dir: str = "checkpoints") -> list[str]:
     """The ``python -m kd_utils`` arguments of one method's study sweep (``make sweeps``, the GPU study)."""
     argv = ["sweep", "--method", method, "--dataset", SWEEP_DATASET, "--seed", str(SWEEP_SEED),
-            "--study-name", sweep_name(method)]  # fmt: skip
+            "--study-name", sweep_name(method), "--precision", STUDY_PRECISION]  # fmt: skip
     for key, value in {**STUDY_TEACHER, **SWEEP_SETTINGS}.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
     storage = SWEEP_STORAGE if checkpoint_dir == "checkpoints" else f"journal:///{checkpoint_dir}/sweeps-v2.journal"
@@ -178,7 +193,7 @@ def compare_methods(
     for method in methods:
         tuned, _ = settings[method]
         distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
-        name = (f"{method}-tuned" if tuned else method) + variant  # apart from 01-03's runs at the defaults
+        name = run_name(method, tuned is not None) + variant
         runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs], teacher))
     records = []
 
@@ -193,6 +208,118 @@ def compare_methods(
     return records
 
 
+def run_name(method: str, tuned: bool) -> str:
+    """``<method>-tuned`` at a sweep's setting, so it never shadows 01-03's run of the method at the defaults."""
+    return f"{method}-tuned" if tuned else method
+
+
+# --- ablations: a method's run against the same run without one of its parts ---------------------------------
+@dataclass(frozen=True)
+class Ablation:
+    """``name`` trains ``method`` at the loss settings of ``of``'s study run (its sweep's choice), so that the two
+    differ by ``differs`` alone; ``longer`` adds ``of``'s hint epochs to the length (the same total epochs)."""
+
+    name: str
+    of: str
+    method: str
+    differs: str
+    longer: bool = False
+
+
+ABLATIONS = (
+    Ablation("logit+regressor-no-regressor", "logit+regressor", "logit", "the regressor term (same T, alpha)"),
+    Ablation("fitnets-no-hint", "fitnets", "logit",
+             "the hint stage, replaced by as many logit-KD epochs (same T, alpha, same total epochs)", longer=True),
+)  # fmt: skip
+
+
+def ablation_runs(
+    cfg: ExperimentConfig,
+    data: DataSplits,
+    teacher: FrozenTeacher,
+    ablations: Sequence[Ablation],
+    seeds: Sequence[int],
+    sweeps_dir: str | Path | None = None,
+    results_path: str | Path | None = None,
+    log: Log = print,
+) -> list[RunRecord]:
+    """Each ablation once per training seed (role ``ablation``), at the setting ``compare_methods`` trains its
+    ``of`` method with; the record says which run it isolates a part of (``extra["ablation"]``)."""
+    records = []
+    for ablation in ablations:
+        tuned, source = tuned_settings(sweeps_dir, ablation.of)
+        distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
+        epochs = cfg.train.epochs + (distill.hint_epochs if ablation.longer else 0)
+        run_cfgs = [replace(with_seed(cfg, seed, epochs), distill=distill) for seed in seeds]
+        n = len(run_cfgs)
+        outcomes = train_runs(ablation.method, run_cfgs, data, teacher, log, [ablation.name] * n, ["ablation"] * n)
+
+        def done(record: RunRecord, ablation: Ablation = ablation, source: str = source) -> None:
+            of = run_name(ablation.of, source != "defaults")
+            record.extra.update(ablation={"of": of, "differs": ablation.differs}, settings_from=source)
+            if results_path is not None:
+                append_run(results_path, record, replace_same_run=True)
+            records.append(record)
+
+        records_of(outcomes, done)
+    return records
+
+
+# --- the teacher: chosen on validation accuracy ----------------------------------------------------------------
+# the recipes tried for the all-label teacher (seed 0): the first study's and the stored study's; the one with the
+# higher validation accuracy is STUDY_TEACHER (tests/test_study_protocol.py checks it against the records)
+TEACHER_CANDIDATES = (
+    {"teacher_epochs": 15, "teacher_random_erasing": 0.0},
+    {"teacher_epochs": 40, "teacher_random_erasing": 0.5},
+)
+
+
+def teacher_recipe(record: RunRecord) -> dict:
+    """A teacher record's recipe, in ``TEACHER_CANDIDATES``' keys."""
+    return {"teacher_epochs": record.epochs, "teacher_random_erasing": record.config.get("teacher_random_erasing", 0.0)}
+
+
+def selected_val_accuracy(record: RunRecord) -> float:
+    """Validation accuracy of the epoch the run kept (its best validation F1), the teacher's selection score."""
+    return next(h["val_acc"] for h in record.history if h["epoch"] == record.best_epoch)
+
+
+def teacher_candidates(records: Sequence[RunRecord]) -> list[tuple[dict, RunRecord]]:
+    """The latest all-label teacher record of each ``TEACHER_CANDIDATES`` recipe among ``records``."""
+    found: dict[str, tuple[dict, RunRecord]] = {}
+    for r in records:
+        recipe = teacher_recipe(r) if r.role == "teacher" and r.labeled_fraction == 1.0 else None
+        if recipe in TEACHER_CANDIDATES:
+            found[repr(recipe)] = (recipe, r)
+    return [found[repr(c)] for c in TEACHER_CANDIDATES if repr(c) in found]
+
+
+def choose_teacher(records: Sequence[RunRecord]) -> dict:
+    """The candidate recipe whose teacher has the highest validation accuracy (the test set plays no part)."""
+    candidates = teacher_candidates(records)
+    if not candidates:
+        raise ValueError("no teacher record of any TEACHER_CANDIDATES recipe; train them first")
+    return max(candidates, key=lambda c: selected_val_accuracy(c[1]))[0]
+
+
+def teacher_choice_table(records: Sequence[RunRecord]) -> str | None:
+    """Markdown: each candidate recipe's validation accuracy (what chose) and test accuracy (shown, not used)."""
+    candidates = teacher_candidates(records)
+    if not candidates:
+        return None
+    chosen = choose_teacher(records)
+    lines = ["| teacher recipe (seed 0) | validation accuracy (chose) | test accuracy (not used) | trained | chosen |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for recipe, r in candidates:
+        erasing = recipe["teacher_random_erasing"]
+        name = f"{r.teacher_arch}, {recipe['teacher_epochs']} epochs" + (
+            f", random erasing {erasing:g}" if erasing else ""
+        )
+        lines.append(f"| {name} | {selected_val_accuracy(r):.4f} | {r.test['accuracy']:.4f} | "
+                     f"{(r.timestamp or '?')[:10]} | {'**yes**' if recipe == chosen else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def few_label_runs(
     cfg: ExperimentConfig,
     teacher: FrozenTeacher,
@@ -202,8 +329,10 @@ def few_label_runs(
     results_path: str | Path | None = None,
     log: Log = print,
     semi_supervised: bool = True,
+    fractions: Sequence[float] | None = None,
 ) -> list[RunRecord]:
-    """Notebook 05: ``method`` and the baseline with each of ``FEW_LABEL_FRACTIONS`` of the training labels.
+    """Notebook 05: ``method`` and the baseline with each of ``fractions`` (default ``FEW_LABEL_FRACTIONS``) of
+    the training labels.
 
     Labels-only runs walk the labeled images alone (``runs.training_data``), validation keeps the same fraction
     of its images (``prepare_data``). ``method`` learns from the all-label ``teacher`` (named as usual) and, with
@@ -211,7 +340,7 @@ def few_label_runs(
     students ``<method>-semi@<f>labels``): the setting in which no label beyond the fraction is ever seen.
     """
     records = []
-    for fraction in FEW_LABEL_FRACTIONS:
+    for fraction in fractions or FEW_LABEL_FRACTIONS:
         few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
         few_data = prepare_data(few_cfg.data)
         records += compare_methods(few_cfg, few_data, teacher, [method], seeds, sweeps_dir, results_path, log)

@@ -368,7 +368,7 @@ def train_one_epoch(distiller: Distiller, loader: TensorLoader, ctx: EpochContex
     sums: dict[str, Tensor] = {}
     predictions, targets = [], []  # kept on the device; one transfer at the end of the epoch
     check_every = 1 if device.type == "cpu" else cfg.log_every
-    step_fn = ctx.step_fn or distiller
+    step_fn = distiller if ctx.step_fn is None else ctx.step_fn  # `or` would ask a compiled module its len()
     for step, (x, y) in enumerate(loader):
         teacher = batch_targets(ctx.teacher_targets, slice(step * loader.batch_size, (step + 1) * loader.batch_size))
         with autocast(device, ctx.dtype):

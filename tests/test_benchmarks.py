@@ -219,11 +219,12 @@ def test_gpu_study_jobs_wait_for_what_they_read():
 
 def test_the_study_sweeps_run_with_the_study_teacher_and_resume():
     from kd_utils.cli import get_args_parser
-    from kd_utils.study import STUDY_TEACHER, SWEEP_SETTINGS, sweep_argv
+    from kd_utils.study import STUDY_PRECISION, STUDY_TEACHER, SWEEP_SETTINGS, sweep_argv
 
     args = get_args_parser().parse_args(sweep_argv("logit+hidden"))
     assert (args.method, args.teacher_epochs, args.teacher_random_erasing) == (
         "logit+hidden", STUDY_TEACHER["teacher_epochs"], STUDY_TEACHER["teacher_random_erasing"])  # fmt: skip
+    assert (args.precision, args.teacher_precision) == (STUDY_PRECISION, STUDY_TEACHER["teacher_precision"])
     assert (args.epochs, args.trials, args.pruner) == tuple(SWEEP_SETTINGS.values()) and args.resume
     assert not args.progress and args.study_name == "fashion-mnist-logit_hidden-seed0-v2"
     assert args.storage.startswith("journal:///") and args.results_dir == "results/fashion-mnist/sweeps"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kd_utils.comparison import comparison_rows, comparison_table, group_runs
+from kd_utils.comparison import ablation_rows, ablation_table, comparison_rows, comparison_table, group_runs
 from kd_utils.config import ExperimentConfig
 from kd_utils.data import DataConfig
 from kd_utils.evidence import Evidence
@@ -130,3 +130,24 @@ def test_a_run_of_one_seed_is_named_and_gets_no_interval(seed):
     rows = {r["name"]: r for r in comparison_rows(group_runs(records))}
     assert rows["good"]["gain"].low is None and "one seed" in comparison_table(list(rows.values()))
     assert "good" not in rank(group_runs(records))[0].names  # a single seed is not ranked
+
+
+def ablation(name, of, seed, error_rate, machine=CPU):
+    record = run(name, seed, error_rate, machine)
+    record.role = "ablation"
+    record.extra["ablation"] = {"of": of, "differs": "the regressor term"}
+    return record
+
+
+def test_an_ablation_is_read_as_the_part_it_removes_with_both_intervals():
+    records = study() + [ablation("good-no-part", "good", s, 0.20 + 0.003 * s) for s in range(3)]
+    records += [ablation("bad-no-part", "bad", s, 0.30 + 0.003 * s, GPU if s == 2 else CPU) for s in range(3)]
+    rows = {r["name"]: r for r in ablation_rows(group_runs(records))}
+    assert set(rows) == {"good-no-part", "bad-no-part"}
+    part = rows["good-no-part"]["pair"]
+    assert part.seeds == [0, 1, 2] and part.t.mean > 0.05 and part.combined.low > 0  # "good" minus its ablation
+    table = ablation_table(list(rows.values()))
+    assert "| good | good-no-part | the regressor term | 3 |" in table and "the part adds F1" in table
+    assert "confounded: " in table.splitlines()[-1]  # one seed of "bad-no-part" trained on the H200
+    blocks = readme_blocks(records, "synthetic")
+    assert blocks["results:synthetic:ablations"] == table

@@ -540,3 +540,24 @@ def test_a_teacher_shorter_than_the_step_schedule_is_refused():
     with pytest.raises(ValueError, match="--teacher-epochs 200: fewer than the step schedule's milestone 210"):
         ExperimentConfig(train=train, teacher_epochs=200).validate()
     ExperimentConfig(train=train, teacher_epochs=240).validate()
+
+
+def test_compile_trains_with_the_compiled_module(small_splits, tiny_train_config, monkeypatch):
+    """A torch.compile'd module has no truth value (``bool()`` asks its ``len()``, which raises): the training
+    step must test it against None."""
+    calls = []
+
+    class Compiled:
+        def __init__(self, module):
+            self.module = module
+
+        def __call__(self, *args, **kwargs):
+            calls.append(1)
+            return self.module(*args, **kwargs)
+
+        def __len__(self):
+            raise TypeError("Distiller does not support len()")
+
+    monkeypatch.setattr(torch, "compile", Compiled)
+    fit(make_distiller(), small_splits, dataclasses.replace(tiny_train_config, compile=True))
+    assert calls  # every training step went through it

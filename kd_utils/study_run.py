@@ -1,0 +1,281 @@
+"""The stored study, trained job by job on the machine this session has, across as many sessions as it takes:
+
+    python -m kd_utils study run --hours 2.5     # the next jobs, stopped cleanly after 2.5 hours
+    python -m kd_utils study status              # what is done, on which machine class, what is left
+
+The jobs are ``runner_jobs``: the sweeps first, then each comparison. Each runs in its own process (``study job
+NAME``) and makes the calls of its notebook (``run_job``) with that notebook's full-profile config at ``STUDY_PRECISION``, so its run folders
+are the ones `make study` opens afterwards, where a finished run is only evaluated. A job's records are appended
+to ``results/<dataset>/study-v2/runs.json`` as its runs finish, and a finished job is entered in
+``study-v2/jobs.json`` with its machine class and seconds: both small files to commit after each session, with
+the new run folders (``git add -f checkpoints/runs/...``). An interrupted job resumes from its runs' last epochs.
+
+One machine class per comparison: every job belongs to groups (``job_groups``: the sweep of a method, the
+15-epoch comparison, the 70-epoch pair, each label fraction). The first job of a group to start fixes the
+group's class (hardware and precision) in ``jobs.json``; on a machine of another class that group's jobs are
+skipped, with a line that says so, rather than mixed into it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import study
+from .results import atomic_write
+
+PROGRESS = "study-v2"  # results/<dataset>/<this>/: the re-run's records and job log
+
+
+def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) -> list[study.Job]:
+    """The study's jobs in the order one machine takes them: every sweep first (each fixes only its own trials'
+    machine class), then the 15-epoch comparison (baselines, each method at its sweep's setting, the ablations),
+    the few-label runs, 01-03's candidates and 04's 70-epoch pair. Each job's needs come before it."""
+    job = study.Job
+    jobs = [job("teacher", "00_baseline", "teacher")]
+    jobs += [job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in study.SWEEP_ORDER]
+    jobs += [job("05-baseline", "05_method_comparison", "baselines", None, ("teacher",))]
+    jobs += [job(f"05-{m}", "05_method_comparison", "compare", m, (f"sweep-{m}", "05-baseline"))
+             for m in study.SWEEP_ORDER]  # fmt: skip
+    jobs += [job("05-ablations", "05_method_comparison", "ablations", None,
+                 tuple(f"05-{a.of}" for a in study.ABLATIONS))]  # fmt: skip
+    logit = tuple(f"05-{m}" for m in study.LOGIT_METHODS)
+    jobs += [job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, logit) for f in fractions]
+    jobs += [job("01-03", "04_final_run", "candidates", None, tuple(f"sweep-{m}" for m in study.CANDIDATES))]
+    jobs += [job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
+    jobs += [job(f"04-final-{s}", "04_final_run", "final", s, ("01-03",)) for s in seeds]
+    return jobs
+
+
+@dataclass
+class Progress:
+    """``results/<dataset>/study-v2/``: the records the jobs wrote and ``jobs.json`` (finished jobs, group
+    classes)."""
+
+    folder: Path
+
+    @property
+    def records(self) -> Path:
+        return self.folder / "runs.json"
+
+    @property
+    def jobs_file(self) -> Path:
+        return self.folder / "jobs.json"
+
+    def load(self) -> dict:
+        if not self.jobs_file.exists():
+            return {"jobs": {}, "groups": {}}
+        return json.loads(self.jobs_file.read_text())
+
+    def save(self, state: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.jobs_file, json.dumps(state, indent=1, sort_keys=True) + "\n")
+
+
+def job_groups(job: study.Job) -> tuple[str, ...]:
+    """The comparisons ``job``'s runs belong to: each must train on one machine class."""
+    if job.kind == "sweep":
+        return (f"sweep-{job.arg}",)  # its trials (the runner trains the method's 15-epoch runs apart)
+    if job.kind == "teacher":
+        return ()  # chosen from records and loaded: nothing trains
+    if job.kind in ("final-baseline", "final"):
+        return ("70-epoch",)
+    if job.kind == "few-labels":
+        return (f"few-{job.arg:g}",)
+    return ("15-epoch",)
+
+
+def finished(done: set[str]) -> set[str]:
+    """``done`` and every sweep that scored its choice (wherever it ran)."""
+    return set(done) | {j.name for j in runner_jobs() if j.kind == "sweep" and study.sweep_done(j.arg)}
+
+
+def pending_jobs(done: set[str]) -> list[study.Job]:
+    """``runner_jobs`` not ``finished`` yet."""
+    done = finished(done)
+    return [j for j in runner_jobs() if j.name not in done]
+
+
+def this_machine_class() -> str:
+    """``"cpu: AMD EPYC, 2 cores float32"``: the class ``evidence.Evidence.machine_classes`` gives the runs
+    this machine trains at ``STUDY_PRECISION``."""
+    from .train import device_name, resolve_device, resolve_precision
+
+    device = resolve_device("auto")
+    precision = str(resolve_precision(study.STUDY_PRECISION, device)).removeprefix("torch.")
+    return f"{device_name(device)} {precision}"
+
+
+# --- one job (its own process) -----------------------------------------------------------------------------------
+def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DATASET, output_dir: str | None = None,
+            records_path: str | Path | None = None, sweep_checkpoints: str | None = None,
+            sweep_only: bool = False) -> None:  # fmt: skip
+    """Make the calls of ``job``'s notebook (``kd_utils.study``'s functions, with that notebook's config);
+    records go to ``records_path`` (None: nowhere; the notebooks remake them from the run folders). A sweep's
+    trial folders go under ``sweep_checkpoints`` (default: the study's checkpoints, where its trial 0 at the
+    defaults is also 01-03's run). ``sweep_only`` (the runner's jobs): a sweep job only sweeps and the teacher
+    job trains nothing; their 15-epoch runs are jobs of their own."""
+    from .data import prepare_data
+    from .notebook import setup
+    from .runs import train_experiment
+    from .teacher import prepare_teacher
+
+    environ = {"KD_PRECISION": study.STUDY_PRECISION} if profile == "full" else {}
+    session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ=environ)
+    cfg, seeds = session.cfg, list(session.seeds)
+    sweeps = session.paths.results.parent / "sweeps"
+    data = prepare_data(cfg.data)
+    teacher = prepare_teacher(cfg, data)
+    if job.kind == "teacher":
+        if profile == "full":  # the recipe the study uses is the candidates' best on validation
+            recorded = [r for path in sorted(session.paths.results.parent.rglob("*.json")) for r in _records(path)]
+            chosen = study.choose_teacher([*recorded, teacher.record])
+            if any(getattr(cfg, k) != v for k, v in chosen.items()):
+                raise SystemExit(f"the teacher chosen on validation is {chosen}, not STUDY_TEACHER: update it")
+        _append(records_path, teacher.record)
+        if not sweep_only:
+            study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)  # the 15-epoch baselines
+    elif job.kind == "baselines":
+        study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)
+    elif job.kind == "sweep":
+        if profile == "full":
+            argv = study.sweep_argv(job.arg, sweep_checkpoints or str(session.paths.checkpoints))
+            subprocess.run([sys.executable, "-m", "kd_utils", *argv], check=True)
+        if not sweep_only:
+            study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
+    elif job.kind == "compare":
+        study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
+    elif job.kind == "ablations":
+        study.ablation_runs(cfg, data, teacher, study.ABLATIONS, seeds, sweeps, records_path)
+    elif job.kind == "candidates":
+        study.train_candidates(cfg, data, teacher)
+    elif job.kind == "final-baseline":
+        _, record = train_experiment("baseline", study.with_seed(session.final_config(), job.arg), data,
+                                     name="final-baseline", role="final-baseline")  # fmt: skip
+        _append(records_path, record)
+    elif job.kind == "final":
+        best = study.best_by_validation(study.train_candidates(cfg, data, teacher))  # finished: evaluated only
+        for record in study.final_runs(session.final_config(), data, teacher, best, [job.arg]):
+            _append(records_path, record)
+    elif job.kind == "few-labels":
+        logit = study.compare_methods(cfg, data, teacher, list(study.LOGIT_METHODS), seeds, sweeps, log=None)
+        chosen = study.best_logit_method(logit)
+        study.few_label_runs(cfg, teacher, chosen, seeds, sweeps, records_path, fractions=[job.arg])
+    else:
+        raise SystemExit(f"unknown job kind {job.kind!r} ({job.name})")
+
+
+def _records(path: Path) -> list:
+    from .results import load_records
+
+    try:
+        return load_records(path)
+    except ValueError:
+        return []  # a trials or jobs file, not a results file
+
+
+def _append(path: str | Path | None, record) -> None:
+    from .results import append_run
+
+    if path is not None:
+        append_run(path, record, replace_same_run=True)
+
+
+# --- the queue ---------------------------------------------------------------------------------------------------
+def run_queue(hours: float, progress: Progress, only: list[str] | None = None, log=print) -> int:
+    """Start the pending jobs one at a time until ``hours`` are up (the running one is stopped then, with its
+    last finished epoch on disk). Returns 0 when every pending job it could take finished, else 1."""
+    deadline = time.monotonic() + hours * 3600
+    machine = this_machine_class()
+    state = progress.load()
+    failed: set[str] = set()
+    log(f"study run: this machine trains as {machine!r}; stops after {hours:g} h")
+    while time.monotonic() < deadline:
+        runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
+        skipped = []
+        job = None
+        for candidate in runnable:
+            if candidate.name in failed or not set(candidate.needs) <= finished(set(state["jobs"])):
+                continue
+            other = [g for g in job_groups(candidate) if state["groups"].get(g, machine) != machine]
+            if other:
+                where = ", ".join(f"{g} trains on {state['groups'][g]}" for g in other)
+                skipped.append(f"{candidate.name} ({where})")
+                continue
+            job = candidate
+            break
+        for line in skipped:
+            log(f"skipped, another machine class: {line}")
+        if job is None:
+            break
+        for group in job_groups(job):
+            state["groups"].setdefault(group, machine)
+        progress.save(state)
+        outcome, seconds = run_subprocess(job, deadline, progress, log)
+        if outcome == "ok":
+            state = progress.load()
+            state["jobs"][job.name] = {"machine": machine, "seconds": round(seconds), "finished": _now()}
+            progress.save(state)
+        elif outcome == "stopped":
+            break
+        else:
+            failed.add(job.name)
+    left = [j.name for j in pending_jobs(set(state["jobs"]))]
+    log(f"study run: {len(state['jobs'])} jobs done, {len(left)} left{': ' + ', '.join(left) if left else ''}")
+    return 1 if failed else 0
+
+
+def run_subprocess(job: study.Job, deadline: float, progress: Progress, log) -> tuple[str, float]:
+    """``study job NAME`` in a process group of its own; at the deadline the group gets SIGINT (Ctrl-C: what
+    finished is saved) and 60 s to stop."""
+    started = time.monotonic()
+    log(f"{_now()} start {job.name}")
+    cmd = [sys.executable, "-m", "kd_utils", "study", "job", job.name, "--records", str(progress.records)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGINT)  # the job and a sweep it started
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log(f"{_now()} stopped {job.name} at the deadline ({time.monotonic() - started:.0f} s)")
+            return "stopped", time.monotonic() - started
+        time.sleep(2)
+    seconds = time.monotonic() - started
+    outcome = "ok" if proc.returncode == 0 else f"failed rc {proc.returncode}"
+    log(f"{_now()} {outcome} {job.name} ({seconds:.0f} s)")
+    return ("ok" if proc.returncode == 0 else "failed"), seconds
+
+
+def status(progress: Progress) -> str:
+    """Markdown: the jobs done (machine class, hours, when), each comparison's machine class, the jobs left."""
+    state = progress.load()
+    jobs = state["jobs"]
+    lines = ["| job | machine class | hours | finished |", "|---|---|---|---|"]
+    lines += [f"| {name} | {j['machine']} | {j['seconds'] / 3600:.2f} | {j['finished']} |" for name, j in jobs.items()]
+    hours = sum(j["seconds"] for j in jobs.values()) / 3600
+    lines += [f"| **{len(jobs)} jobs** | | **{hours:.2f}** | |", ""]
+    lines += ["| comparison | trains on |", "|---|---|"] + [
+        f"| {g} | {c} |" for g, c in sorted(state["groups"].items())
+    ]
+    left = pending_jobs(set(jobs))
+    lines += ["", f"{len(left)} jobs left: " + (", ".join(j.name for j in left) or "none")]
+    return "\n".join(lines)
+
+
+def find_job(name: str) -> study.Job:
+    jobs = {j.name: j for j in runner_jobs()}
+    if name not in jobs:
+        raise ValueError(f"no study job {name!r}; `python -m kd_utils study status` lists them")
+    return jobs[name]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

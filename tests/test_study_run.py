@@ -1,0 +1,155 @@
+"""The re-run's machinery: the teacher chosen on validation, the ablations, and the queue that trains the study
+job by job across sessions, one machine class per comparison."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from kd_utils import study, study_run
+from kd_utils.config import ExperimentConfig
+from kd_utils.data import DataConfig, prepare_data
+from kd_utils.records import RunRecord
+from kd_utils.results import load_records
+from kd_utils.runs import identity
+from kd_utils.train import TrainConfig
+
+
+def teacher_record(epochs: int, erasing: float, val_acc: float, test_acc: float) -> RunRecord:
+    cfg = ExperimentConfig(data=DataConfig(dataset="synthetic"), teacher_epochs=epochs, teacher_random_erasing=erasing)
+    history = [{"epoch": e, "val_acc": val_acc - 0.01 * (epochs - e)} for e in range(1, epochs + 1)]
+    stored = {**identity("teacher", "teacher", "teacher", cfg, ()), "config": asdict(cfg), "history": history,
+              "best_epoch": epochs, "test": {"accuracy": test_acc}, "epochs": epochs}  # fmt: skip
+    return RunRecord.from_dict(stored)
+
+
+def test_the_teacher_is_the_candidate_best_on_validation_whatever_its_test_accuracy():
+    records = [teacher_record(15, 0.0, 0.96, 0.99), teacher_record(40, 0.5, 0.95, 0.90)]
+    assert study.choose_teacher(records) == {"teacher_epochs": 15, "teacher_random_erasing": 0.0}
+    table = study.teacher_choice_table(records)
+    assert "| teacher_cnn, 15 epochs | 0.9600 | 0.9900 |" in table and table.count("**yes**") == 1
+    with pytest.raises(ValueError, match="no teacher record"):
+        study.choose_teacher([teacher_record(7, 0.0, 0.9, 0.9)])  # not a candidate recipe
+
+
+def test_the_study_teacher_is_what_the_stored_records_choose_on_validation():
+    results = Path(__file__).resolve().parents[1] / "results" / "fashion-mnist"
+    records = [r for path in [results / "runs.json", *sorted((results / "archive").glob("*.json"))]
+               for r in load_records(path)]  # fmt: skip
+    chosen = study.choose_teacher(records)
+    assert {k: study.STUDY_TEACHER[k] for k in chosen} == chosen
+    assert len(study.teacher_candidates(records)) == len(study.TEACHER_CANDIDATES)  # every recipe was scored
+
+
+def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: False)
+    jobs = study_run.pending_jobs(set())
+    names = [j.name for j in jobs]
+    assert names[:4] == ["teacher", "sweep-logit", "sweep-dist", "sweep-dkd"]
+    assert names.index("sweep-logit+hidden") < names.index("05-baseline")  # a comparison starts after every sweep
+    assert all(set(j.needs) <= set(names[:i]) for i, j in enumerate(jobs))  # each job's needs run before it
+    assert set(jobs[names.index("05-ablations")].needs) == {"05-logit+regressor", "05-fitnets"}
+    assert set(jobs[names.index("05-few-0.1")].needs) == {"05-logit", "05-dkd", "05-dist"}  # the best of them
+    assert study_run.job_groups(jobs[1]) == ("sweep-logit",) and study_run.job_groups(jobs[0]) == ()
+    assert study_run.job_groups(jobs[names.index("04-final-1")]) == ("70-epoch",)
+    assert study_run.job_groups(jobs[names.index("05-few-0.01")]) == ("few-0.01",)
+    assert study_run.pending_jobs({"teacher", "sweep-logit"})[0].name == "sweep-dist"
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: method == "dist")
+    assert "sweep-dist" not in [j.name for j in study_run.pending_jobs(set())]  # a sweep that scored its choice
+
+
+def test_the_queue_keeps_each_comparison_on_the_machine_class_that_started_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: True)  # no sweep left
+    monkeypatch.setattr(study_run, "this_machine_class", lambda: "cpu: AMD EPYC, 2 cores float32")
+    progress = study_run.Progress(tmp_path / "study-v2")
+    progress.save({"jobs": {}, "groups": {"70-epoch": "cuda: NVIDIA H200 float32"}})
+    started = []
+
+    def fake_run(job, deadline, progress, log):
+        started.append(job.name)
+        return "ok", 1.0
+
+    monkeypatch.setattr(study_run, "run_subprocess", fake_run)
+    lines = []
+    assert study_run.run_queue(1.0, progress, log=lines.append) == 0
+    assert started[0] == "teacher" and "05-few-0.01" in started
+    assert not any(name.startswith("04-") for name in started)  # the 70-epoch pair started on the H200
+    assert any("skipped, another machine class: 04-baseline-1 (70-epoch trains on cuda" in line for line in lines)
+    state = progress.load()
+    assert state["groups"]["15-epoch"] == "cpu: AMD EPYC, 2 cores float32" and set(started) == set(state["jobs"])
+    assert state["jobs"]["teacher"]["machine"] == "cpu: AMD EPYC, 2 cores float32"
+    started.clear()
+    study_run.run_queue(1.0, progress, log=lines.append)
+    assert started == []  # finished jobs are not run again
+    assert "04-baseline-1" in study_run.status(progress).splitlines()[-1]  # still left
+
+
+def test_a_job_stopped_at_the_deadline_is_not_marked_done(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: True)
+    calls = []
+    monkeypatch.setattr(study_run, "run_subprocess", lambda job, *_: calls.append(job.name) or ("stopped", 5.0))
+    progress = study_run.Progress(tmp_path / "study-v2")
+    study_run.run_queue(0.01, progress, log=lambda line: None)
+    assert calls == ["teacher"] and progress.load()["jobs"] == {}  # it resumes next session
+
+
+@pytest.mark.slow
+def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apart(tmp_path, monkeypatch):
+    from kd_utils.teacher import prepare_teacher
+
+    tuned = {"temperature": 2.5, "alpha": 0.6, "regressor_weight": 3.0, "hint_epochs": 1}
+    monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: (tuned, f"sweep of {method}"))
+    data_cfg = DataConfig(dataset="synthetic", train_size=200, val_size=50, test_size=50)
+    train = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
+    cfg = ExperimentConfig(data=data_cfg, train=train, checkpoint_dir=str(tmp_path), teacher_epochs=1,
+                           allow_weak_teacher=True)  # fmt: skip
+    data = prepare_data(data_cfg)
+    teacher = prepare_teacher(cfg, data, log=None)
+    path = tmp_path / "runs.json"
+    records = study.ablation_runs(cfg, data, teacher, study.ABLATIONS, [0, 1], None, path, log=None)
+    assert [(r.name, r.seed, r.role, r.method) for r in records] == [
+        ("logit+regressor-no-regressor", 0, "ablation", "logit"), ("logit+regressor-no-regressor", 1, "ablation", "logit"),
+        ("fitnets-no-hint", 0, "ablation", "logit"), ("fitnets-no-hint", 1, "ablation", "logit"),
+    ]  # fmt: skip
+    for r in records:
+        assert (r.config["distill"]["temperature"], r.config["distill"]["alpha"]) == (2.5, 0.6)
+    assert [r.epochs for r in records] == [1, 1, 2, 2]  # fitnets' hint epoch becomes a logit-KD epoch
+    assert records[0].extra["ablation"]["of"] == "logit+regressor-tuned"
+    assert records[2].extra["ablation"]["of"] == "fitnets-tuned"
+    assert len(load_records(path)) == 4
+
+
+@pytest.mark.slow
+def test_each_kind_of_job_makes_its_notebooks_calls_and_appends_its_records(tmp_path, monkeypatch):
+    from kd_utils import notebook
+
+    small = {**notebook.PROFILES["smoke"], "train_size": 600, "val_size": 200, "test_size": 200, "seeds": (1,)}
+    monkeypatch.setitem(notebook.PROFILES, "smoke", small)
+    monkeypatch.setattr(study, "FEW_LABEL_FRACTIONS", (0.1,))
+    monkeypatch.setattr(study, "LOGIT_METHODS", ("logit",))  # few labels: the best of one
+    path = tmp_path / "records.json"
+    jobs = {j.name: j for j in study_run.runner_jobs((1,), (0.1,))}
+    for name in ("teacher", "05-baseline", "05-ablations", "04-baseline-1", "05-few-0.1"):  # as `study job` runs them
+        study_run.run_job(jobs[name], "smoke", "fashion-mnist", str(tmp_path / "out"), path, sweep_only=True)
+    names = {(r.name, r.seed) for r in load_records(path)}
+    assert {("teacher", 0), ("baseline", 1), ("final-baseline", 1)} <= names  # SEED 0: the teacher's
+    assert {("logit+regressor-no-regressor", 1), ("fitnets-no-hint", 1), ("baseline@10%labels", 1)} <= names
+    assert {("logit@10%labels", 1), ("teacher@10%labels", 0), ("logit-semi@10%labels", 1)} <= names
+
+
+def test_the_study_trains_in_fp32_everywhere_and_keeps_its_stored_teacher(monkeypatch):
+    from kd_utils.config import from_flags
+    from kd_utils.notebook import setup
+    from kd_utils.runs import run_dir
+
+    session = setup("05_method_comparison", "full", "fashion-mnist", environ={"KD_PRECISION": study.STUDY_PRECISION},
+                    use_drive=False, log=None)  # fmt: skip
+    assert session.cfg.train.precision == "fp32" and session.seeds == study.STUDY_SEEDS  # not the sweeps' seed 0
+    stored = Path(__file__).resolve().parents[1] / "checkpoints" / "teachers"
+    assert (stored / run_dir(session.cfg, "teacher").name / "best.pt").exists()  # the teacher trained at "auto"
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert f"KD_PRECISION={study.STUDY_PRECISION}" in makefile  # make study opens the runs `study run` trained
+    with pytest.raises(ValueError, match="--teacher-precision fp64: choose from"):
+        from_flags({"teacher-precision": "fp64"}).validate()
