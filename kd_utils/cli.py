@@ -88,14 +88,20 @@ def get_args_parser(prog: str | None = None) -> argparse.ArgumentParser:
     labels.add_argument("--split-seed", type=int, default=0, help="the runs' --split-seed")
     protocol = sub.add_parser("study", help="the stored study: its jobs, their progress, and training them here",
                               formatter_class=HelpFormatter)  # fmt: skip
-    protocol.add_argument("action", choices=("jobs", "sweeps", "run", "status", "job"),
+    protocol.add_argument("action", choices=("jobs", "sweeps", "run", "status", "job", "check"),
                           help="jobs: one line each; sweeps: `make sweeps`; run: the pending jobs, one at a time, "
                           "for --hours (resumable; kd_utils/study_run.py); status: what is done and where; "
-                          "job NAME: one job (what `run` starts)")  # fmt: skip
+                          "job NAME: one job (what `run` starts); check: the protocol's audit of --records (exit 1 "
+                          "if a check fails)")  # fmt: skip
     protocol.add_argument("name", nargs="?", help="study job: the job's name (`study jobs`)")
     protocol.add_argument("--hours", type=float, default=2.5, help="study run: stop the running job after this")
     protocol.add_argument("--only", default=None, help="study run: comma-separated job names (default: all)")
-    protocol.add_argument("--records", default=None, help="study job: append the job's records to this .json")
+    protocol.add_argument(
+        "--records",
+        default=None,
+        help="study job: append the job's records to this .json; "
+        "study check: the records to audit (default: the re-run's, results/<dataset>/study-v2/)",
+    )
     sweep = add_sweep_parser(sub)
     sweep.add_argument(
         "--config", metavar="FILE", help="TOML file of settings (keys: the long option names); flags win"
@@ -173,6 +179,13 @@ def study_command(args: argparse.Namespace, prog: str | None) -> int:
         return run_study_sweeps(prog)
     elif args.action == "status":
         print(study_run.status(progress))
+    elif args.action == "check":
+        path = Path(args.records) if args.records else progress.records
+        if not path.exists():
+            raise ValueError(f"--records {path}: no such file; `study run` writes it as its jobs finish")
+        checks = study_run.audit(load_records(path), study_run.study.SWEEPS_DIR)
+        print(study_run.format_audit(checks))
+        return 0 if checks and all(ok for _, ok, _ in checks) else 1
     elif args.action == "job":
         if not args.name:
             raise ValueError("study job: give the job's name (`python -m kd_utils study jobs` lists them)")

@@ -130,6 +130,11 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ=environ)
     cfg, seeds = session.cfg, list(session.seeds)
     sweeps = session.paths.results.parent / "sweeps"
+    if job.kind == "sweep" and profile == "full":  # in its own process: it loads the data and teacher itself
+        argv = study.sweep_argv(job.arg, sweep_checkpoints or str(session.paths.checkpoints))
+        subprocess.run([sys.executable, "-m", "kd_utils", *argv], check=True)
+        if sweep_only:
+            return
     data = prepare_data(cfg.data)
     teacher = prepare_teacher(cfg, data)
     if job.kind == "teacher":
@@ -143,10 +148,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
             study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)  # the 15-epoch baselines
     elif job.kind == "baselines":
         study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)
-    elif job.kind == "sweep":
-        if profile == "full":
-            argv = study.sweep_argv(job.arg, sweep_checkpoints or str(session.paths.checkpoints))
-            subprocess.run([sys.executable, "-m", "kd_utils", *argv], check=True)
+    elif job.kind == "sweep":  # swept above; then its method's comparison (the GPU study's jobs)
         if not sweep_only:
             study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
     elif job.kind == "compare":
@@ -237,7 +239,8 @@ def run_subprocess(job: study.Job, deadline: float, progress: Progress, log) -> 
     started = time.monotonic()
     log(f"{_now()} start {job.name}")
     cmd = [sys.executable, "-m", "kd_utils", "study", "job", job.name, "--records", str(progress.records)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                            preexec_fn=restore_sigint)  # fmt: skip
     while proc.poll() is None:
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGINT)  # the job and a sweep it started
@@ -254,6 +257,12 @@ def run_subprocess(job: study.Job, deadline: float, progress: Progress, log) -> 
     return ("ok" if proc.returncode == 0 else "failed"), seconds
 
 
+def restore_sigint() -> None:
+    """A job started from a background shell (``nohup ... &``) would inherit SIGINT ignored, and Python then
+    never raises KeyboardInterrupt: give it the default back, so the deadline's SIGINT stops it at once."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def status(progress: Progress) -> str:
     """Markdown: the jobs done (machine class, hours, when), each comparison's machine class, the jobs left."""
     state = progress.load()
@@ -268,6 +277,60 @@ def status(progress: Progress) -> str:
     left = pending_jobs(set(jobs))
     lines += ["", f"{len(left)} jobs left: " + (", ".join(j.name for j in left) or "none")]
     return "\n".join(lines)
+
+
+# --- the audit: what the issue's "done when" asks of the stored study ------------------------------------------
+COMPARED_ROLES = ("baseline", "method", "ablation", "final-baseline", "final")
+
+
+def audit(
+    records: list, sweeps_dir: Path, seeds=study.STUDY_SEEDS, min_trials: int = 16
+) -> list[tuple[str, bool, str]]:
+    """``(check, passed, detail)`` over the records of a study and its sweeps' trial files: one machine class
+    per comparison (records sharing a pairing key), every compared run on all ``seeds``, ``min_trials`` trials
+    per sweep with the default as trial 0 and one machine class, few-label baselines that walked labels only."""
+    from .comparison import group_runs
+    from .evidence import Evidence
+
+    evidence = Evidence(records)
+    compared = [r for r in records if r.role in COMPARED_ROLES and r.seed in seeds]
+    checks = []
+    by_key: dict[tuple, list] = {}
+    for r in compared:
+        by_key.setdefault(r.pairing_key(), []).append(r)
+    for key, group in by_key.items():
+        classes = sorted({c for r in group for c in evidence.machine_classes(r)})
+        what = f"{key[4]} epochs, {key[5]:g} of the labels ({len(group)} runs)"
+        checks.append((f"one machine class: {what}", len(classes) == 1, "; ".join(classes)))
+    for name, by_seed in group_runs(compared).items():
+        missing = sorted(set(seeds) - set(by_seed))
+        checks.append((f"{len(seeds)} seeds: {name}", not missing, f"missing seeds {missing}" if missing else "all"))
+    for method in study.SWEEP_ORDER:
+        path = Path(sweeps_dir) / f"{study.sweep_name(method)}.json"
+        what = f"sweep {study.sweep_name(method)}: >= {min_trials} trials, the default first, one machine class"
+        if not path.exists():
+            checks.append((what, False, "not run yet"))
+            continue
+        trials = [t for t in json.loads(path.read_text()).get("trials", []) if t.get("state") in ("COMPLETE", "PRUNED")]
+        default_first = bool(trials) and trials[0]["number"] == 0 and bool(trials[0].get("default"))
+        machines = sorted({t.get("machine") or "not recorded" for t in trials})
+        checks.append((what, len(trials) >= min_trials and default_first and len(machines) == 1,
+                       f"{len(trials)} trials, trial 0 {'is' if default_first else 'is not'} the default, "
+                       f"{'; '.join(machines)}"))  # fmt: skip
+    for r in compared:
+        if r.labels_only and r.labeled_fraction < 1:
+            labeled, walked = r.extra.get("data_sizes", {}).get("labeled"), r.extra.get("train_images")
+            checks.append((f"labels on every step: {r.name} seed {r.seed}", walked is not None and walked == labeled,
+                           f"walked {walked} images per epoch, {labeled} labeled"))  # fmt: skip
+    return checks
+
+
+def format_audit(checks: list[tuple[str, bool, str]]) -> str:
+    if not checks:
+        return "nothing to check: no compared run or sweep yet"
+    failed = [c for c in checks if not c[1]]
+    lines = [f"{'ok  ' if ok else 'FAIL'} {what}: {detail}" for what, ok, detail in checks]
+    return "\n".join([*lines, f"{len(checks) - len(failed)} of {len(checks)} checks pass"])
 
 
 def find_job(name: str) -> study.Job:

@@ -80,6 +80,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
         "worker": attrs.get("worker"),
         "pack": attrs.get("pack", 1),  # trials trained together as one network (1: apart)
         "default": bool(attrs.get("default")),  # trial 0: the method's default setting
+        "machine": attrs.get("machine"),  # hardware and precision that trained it ("a + b" when resumed elsewhere)
         "val_f1": attrs.get("val_f1"),  # per epoch
         **({"error": attrs["error"]} if "error" in attrs else {}),
     }
@@ -131,13 +132,14 @@ def make_objective(plan: SweepPlan, data, teacher: FrozenTeacher, log):
 
 
 def describe_trial(trial: optuna.Trial, values: dict, record, log) -> bool:
-    """Store a trained trial's attributes (best epoch, seconds, per-epoch validation F1, pack) and log it; True
-    when its pruner stopped it early."""
+    """Store a trained trial's attributes (best epoch, seconds, per-epoch validation F1, pack, machine class) and
+    log it; True when its pruner stopped it early."""
     pruned = len(record.history) < record.epochs
     trial.set_user_attr("best_epoch", record.best_epoch)
     trial.set_user_attr("seconds", record.seconds)
     trial.set_user_attr("val_f1", [row["val_f1"] for row in record.history])
     trial.set_user_attr("pack", record.get("pack", {"k": 1})["k"])
+    trial.set_user_attr("machine", " + ".join(dict.fromkeys(f"{s.hardware} {s.precision}" for s in record.trained_on)))
     if log:
         how = f"pruned after epoch {len(record.history)}" if pruned else f"epoch {record.best_epoch}"
         log(f"trial {trial.number}: {format_values(values)} -> val F1 {record.best_val_f1:.4f} "

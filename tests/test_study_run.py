@@ -3,6 +3,7 @@ job by job across sessions, one machine class per comparison."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -153,3 +154,46 @@ def test_the_study_trains_in_fp32_everywhere_and_keeps_its_stored_teacher(monkey
     assert f"KD_PRECISION={study.STUDY_PRECISION}" in makefile  # make study opens the runs `study run` trained
     with pytest.raises(ValueError, match="--teacher-precision fp64: choose from"):
         from_flags({"teacher-precision": "fp64"}).validate()
+
+
+def compared_record(name, seed, machine="cpu: AMD EPYC, 2 cores", fraction=1.0, walked=None):
+    from kd_utils.records import Segment
+
+    role = "baseline" if name.startswith("baseline") else "method"
+    cfg = ExperimentConfig(
+        data=DataConfig(dataset="synthetic", labeled_fraction=fraction), train=TrainConfig(seed=seed)
+    )
+    segment = Segment(machine, "2.14.1", "float32")
+    stored = {**identity(role if role == "baseline" else "logit", name, role, cfg, (segment,)), "config": asdict(cfg),
+              "test": {"f1": 0.9}, "data_sizes": {"labeled": 100}, "train_images": walked}  # fmt: skip
+    return RunRecord.from_dict(stored)
+
+
+def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
+    seeds = study.STUDY_SEEDS
+    records = [compared_record("baseline", s) for s in seeds] + [compared_record("logit-tuned", s) for s in seeds]
+    records += [compared_record("dist-tuned", s, "cuda: NVIDIA H200" if s == 5 else "cpu: AMD EPYC, 2 cores")
+                for s in seeds[:-1]]  # fmt: skip
+    records += [compared_record("baseline@10%labels", s, fraction=0.1, walked=100 if s > 1 else 1000) for s in seeds]
+    sweeps = tmp_path / "sweeps"
+    sweeps.mkdir()
+    trials = [{"number": k, "state": "PRUNED" if k % 2 else "COMPLETE", "default": k == 0,
+               "machine": "cpu: AMD EPYC, 2 cores float32"} for k in range(16)]  # fmt: skip
+    (sweeps / f"{study.sweep_name('logit')}.json").write_text(json.dumps({"trials": trials}))
+    (sweeps / f"{study.sweep_name('dist')}.json").write_text(json.dumps({"trials": trials[1:]}))  # no default first
+    checks = {what: (ok, detail) for what, ok, detail in study_run.audit(records, sweeps)}
+    assert checks["one machine class: 30 epochs, 1 of the labels (14 runs)"][0] is True  # the H200 seed is seed 5: cut
+    assert checks["5 seeds: logit-tuned"] == (True, "all")
+    assert checks["5 seeds: dist-tuned"] == (False, "missing seeds [5]")
+    assert checks["labels on every step: baseline@10%labels seed 1"][0] is False
+    assert checks["labels on every step: baseline@10%labels seed 2"][0] is True
+    sweep_checks = {w.split(":")[0]: (ok, d) for w, (ok, d) in checks.items() if w.startswith("sweep ")}
+    assert sweep_checks[f"sweep {study.sweep_name('logit')}"][0] is True
+    assert sweep_checks[f"sweep {study.sweep_name('dist')}"] == (False, "15 trials, trial 0 is not the default, "
+                                                                  "cpu: AMD EPYC, 2 cores float32")  # fmt: skip
+    assert sweep_checks[f"sweep {study.sweep_name('rkd')}"] == (False, "not run yet")
+    mixed = records + [compared_record("at-tuned", s, "cuda: NVIDIA H200") for s in seeds]
+    assert not dict((w, ok) for w, ok, _ in study_run.audit(mixed, sweeps))[
+        "one machine class: 30 epochs, 1 of the labels (19 runs)"
+    ]
+    assert study_run.format_audit([]).startswith("nothing to check")

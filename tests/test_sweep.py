@@ -15,6 +15,7 @@ from subprocess import PIPE
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from kd_utils import cli, report, search
 
@@ -24,6 +25,7 @@ from kd_utils import storage as sweep_storage
 from kd_utils import sweep
 from kd_utils.config import ExperimentConfig
 from kd_utils.distill import STUDENT_METHODS
+from kd_utils.train import device_name
 
 SMALL = [
     "--dataset", "synthetic", "--train-size", "200", "--val-size", "50", "--test-size", "50", "--epochs", "1",
@@ -362,6 +364,7 @@ def test_trial_zero_is_the_default_setting_and_tpe_starts_after_a_third(capsys, 
     assert first["params"] == {"temperature": defaults.temperature, "alpha": defaults.alpha} and first["default"]
     assert saved["default_trial"] == 0 and saved["startup_trials"] == 1  # 3 trials: a third
     assert not any(t["default"] for t in saved["trials"][1:])
+    assert {t["machine"] for t in saved["trials"]} == {f"{device_name(torch.device('cpu'))} float32"}
     best = max(t["best_val_f1"] for t in saved["trials"])
     assert best >= first["best_val_f1"]  # the chosen setting is never worse than the default on validation
 
