@@ -47,7 +47,7 @@ from .ranking import family_title, findings_text, pairs_table, rank, ranking_tab
 from .records import RunRecord, read_records
 from .results import atomic_write, load_records
 from .stats import mean_std
-from .study import SWEEP_DATASET, teacher_choice_table
+from .teacher_choice import teacher_choice_table
 
 
 def metric_rows(runs: Runs) -> list[dict]:
@@ -370,6 +370,7 @@ def render_report(
 
 def study_progress(results_dir: Path) -> str | None:
     """The re-run's job log (``study run``), when there is one: jobs done, where, how long; what is left."""
+    from .study import SWEEP_DATASET  # lazy: the trainer loads only where a re-run is in progress
     from .study_run import PROGRESS, Progress, status
 
     progress = Progress(results_dir / SWEEP_DATASET / PROGRESS)

@@ -125,6 +125,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     from .notebook import setup
     from .runs import train_experiment
     from .teacher import prepare_teacher
+    from .teacher_choice import choose_teacher
 
     environ = {"KD_PRECISION": study.STUDY_PRECISION} if profile == "full" else {}
     session = setup(job.notebook, profile, dataset, output_dir=output_dir, use_drive=False, environ=environ)
@@ -140,7 +141,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     if job.kind == "teacher":
         if profile == "full":  # the recipe the study uses is the candidates' best on validation
             recorded = [r for path in sorted(session.paths.results.parent.rglob("*.json")) for r in _records(path)]
-            chosen = study.choose_teacher([*recorded, teacher.record])
+            chosen = choose_teacher([*recorded, teacher.record])
             if any(getattr(cfg, k) != v for k, v in chosen.items()):
                 raise SystemExit(f"the teacher chosen on validation is {chosen}, not STUDY_TEACHER: update it")
         _append(records_path, teacher.record)

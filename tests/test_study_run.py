@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kd_utils import study, study_run
+from kd_utils import study, study_run, teacher_choice
 from kd_utils.config import ExperimentConfig
 from kd_utils.data import DataConfig, prepare_data
 from kd_utils.records import RunRecord
@@ -28,20 +28,22 @@ def teacher_record(epochs: int, erasing: float, val_acc: float, test_acc: float)
 
 def test_the_teacher_is_the_candidate_best_on_validation_whatever_its_test_accuracy():
     records = [teacher_record(15, 0.0, 0.96, 0.99), teacher_record(40, 0.5, 0.95, 0.90)]
-    assert study.choose_teacher(records) == {"teacher_epochs": 15, "teacher_random_erasing": 0.0}
-    table = study.teacher_choice_table(records)
+    assert teacher_choice.choose_teacher(records) == {"teacher_epochs": 15, "teacher_random_erasing": 0.0}
+    table = teacher_choice.teacher_choice_table(records)
     assert "| teacher_cnn, 15 epochs | 0.9600 | 0.9900 |" in table and table.count("**yes**") == 1
     with pytest.raises(ValueError, match="no teacher record"):
-        study.choose_teacher([teacher_record(7, 0.0, 0.9, 0.9)])  # not a candidate recipe
+        teacher_choice.choose_teacher([teacher_record(7, 0.0, 0.9, 0.9)])  # not a candidate recipe
 
 
 def test_the_study_teacher_is_what_the_stored_records_choose_on_validation():
     results = Path(__file__).resolve().parents[1] / "results" / "fashion-mnist"
     records = [r for path in [results / "runs.json", *sorted((results / "archive").glob("*.json"))]
                for r in load_records(path)]  # fmt: skip
-    chosen = study.choose_teacher(records)
+    chosen = teacher_choice.choose_teacher(records)
     assert {k: study.STUDY_TEACHER[k] for k in chosen} == chosen
-    assert len(study.teacher_candidates(records)) == len(study.TEACHER_CANDIDATES)  # every recipe was scored
+    assert len(teacher_choice.teacher_candidates(records)) == len(
+        teacher_choice.TEACHER_CANDIDATES
+    )  # every recipe was scored
 
 
 def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
