@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats as sps
 
 from . import plots
+from .claims import claim_rows, claims_table
 from .comparison import (  # noqa: F401 - the notebooks read the comparison through the report
     VERDICTS,
     Grouped,
@@ -399,6 +400,11 @@ def render_dataset(runs_file: Path, results_dir: Path, pictures: Path, data_dir:
         plots.save_figure(fig, figure_path(pictures, dataset, "pairwise"))
         plt.close(fig)
     blocks = readme_blocks(records, dataset, labels)
+    rerun = runs_file.parent / "study-v2" / "runs.json"  # the re-made study's records (`study run`)
+    if rerun.exists():
+        rerun_records = load_records(rerun)
+        rows = claim_rows(group_runs(rerun_records), evidence=Evidence(read_records(rerun_records), labels))
+        blocks[f"results:{dataset}:claims"] = claims_table(rows)
     archived = [r for path in sorted(runs_file.parent.glob("archive/*.json")) for r in load_records(path)]
     teachers = teacher_choice_table([*archived, *records])  # the recipes tried, some in earlier studies' files
     if teachers is not None:

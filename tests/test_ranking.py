@@ -151,3 +151,26 @@ def test_an_ablation_is_read_as_the_part_it_removes_with_both_intervals():
     assert "confounded: " in table.splitlines()[-1]  # one seed of "bad-no-part" trained on the H200
     blocks = readme_blocks(records, "synthetic")
     assert blocks["results:synthetic:ablations"] == table
+
+
+def test_each_previous_claim_is_read_as_held_changed_or_fell():
+    from kd_utils.claims import Claim, claim_rows, claims_table
+
+    claims = (
+        Claim("good beats labels alone", "+0.10", "good", "baseline", "gain"),
+        Claim("bad beats labels alone", "+0.01", "bad", "baseline", "gain"),
+        Claim("good and also-good cannot be told apart", "tie", "good", "also-good", "within noise"),
+        Claim("good beats bad", "beats", "go*", "bad", "gain"),
+        Claim("missing beats labels alone", "+0.02", "missing", "baseline", "gain"),
+        Claim("bad beats labels alone on other machines", "", "bad", "baseline", "loss"),
+        Claim("good and bad cannot be told apart", "tie", "good", "bad", "within noise"),
+    )
+    records = study({"bad": GPU})
+    rows = claim_rows(group_runs(records), claims[:5])
+    assert [r["outcome"] for r in rows] == ["held", "no verdict: confounded: cpu: AMD EPYC, 2 cores bfloat16 vs "
+                                            "cuda: NVIDIA H200 bfloat16", "held", "no verdict: confounded: cpu: AMD "
+                                            "EPYC, 2 cores bfloat16 vs cuda: NVIDIA H200 bfloat16", "not run yet"]  # fmt: skip
+    rows = claim_rows(group_runs(study()), claims)
+    assert [r["outcome"] for r in rows] == ["held", "fell: reversed", "held", "held", "not run yet", "held",
+                                            "changed: now a gain"]  # fmt: skip
+    assert rows[3]["a"] == "good" and "| good beats bad | beats | good vs bad | 3 |" in claims_table(rows)

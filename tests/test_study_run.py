@@ -199,3 +199,17 @@ def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
         "one machine class: 30 epochs, 1 of the labels (19 runs)"
     ]
     assert study_run.format_audit([]).startswith("nothing to check")
+
+
+def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
+    from kd_utils.report import render_report
+
+    progress = study_run.Progress(tmp_path / "results" / "fashion-mnist" / study_run.PROGRESS)
+    progress.save({"jobs": {"teacher": {"machine": "cpu: X float32", "seconds": 7200, "finished": "2026-12-01"}},
+                   "groups": {"sweep-logit": "cpu: X float32"}})  # fmt: skip
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- study-progress:start -->\nold\n<!-- study-progress:end -->\nb\n")
+    render_report(tmp_path / "results", tmp_path / "Pictures", readme)
+    text = readme.read_text()
+    assert "| teacher | cpu: X float32 | 2.00 | 2026-12-01 |" in text and "| sweep-logit | cpu: X float32 |" in text
+    assert "old" not in text and "jobs left: sweep-" in text
