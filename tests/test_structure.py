@@ -18,6 +18,7 @@ from kd_utils import cli
 from kd_utils.records import LABELS_ONLY, ROLES, RunRecord
 from kd_utils.report import group_runs, reference_for
 from kd_utils.results import load_records
+from kd_utils.study_run import restore_sigint
 from kd_utils.tensorboard_log import event_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,9 @@ def test_sigint_during_a_real_run_leaves_what_finished(tmp_path):
            "--epochs", "40", "--teacher-epochs", "1", "--device", "cpu", "--no-progress", "--allow-weak-teacher",
            "--checkpoint-dir", str(tmp_path / "ckpt"), "--results-path", str(results)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore_sigint
+    )  # a suite started from a background shell ignores SIGINT
     deadline = time.monotonic() + 120
     for line in proc.stdout:  # wait for the distilled student's first epoch: teacher and baseline are saved
         if line.startswith("logit epoch") or time.monotonic() > deadline:
