@@ -312,8 +312,10 @@ def audit(
         if not path.exists():
             checks.append((what, False, "not run yet"))
             continue
-        trials = [t for t in json.loads(path.read_text()).get("trials", []) if t.get("state") in ("COMPLETE", "PRUNED")]
-        default_first = bool(trials) and trials[0]["number"] == 0 and bool(trials[0].get("default"))
+        rows = sorted(json.loads(path.read_text()).get("trials", []), key=lambda t: t["number"])
+        trials = [t for t in rows if t.get("state") in ("COMPLETE", "PRUNED")]
+        # trial 0 is the default; interrupted (a session's end), it is retried under a new number, still the default
+        default_first = bool(rows) and bool(rows[0].get("default")) and any(t.get("default") for t in trials)
         machines = sorted({t.get("machine") or "not recorded" for t in trials})
         checks.append((what, len(trials) >= min_trials and default_first and len(machines) == 1,
                        f"{len(trials)} trials, trial 0 {'is' if default_first else 'is not'} the default, "

@@ -183,6 +183,8 @@ def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
                "machine": "cpu: AMD EPYC, 2 cores float32"} for k in range(16)]  # fmt: skip
     (sweeps / f"{study.sweep_name('logit')}.json").write_text(json.dumps({"trials": trials}))
     (sweeps / f"{study.sweep_name('dist')}.json").write_text(json.dumps({"trials": trials[1:]}))  # no default first
+    retried = [{**trials[0], "state": "FAIL"}, *trials[1:], {**trials[0], "number": 16}]  # trial 0 cut by a session end
+    (sweeps / f"{study.sweep_name('dkd')}.json").write_text(json.dumps({"trials": retried}))
     checks = {what: (ok, detail) for what, ok, detail in study_run.audit(records, sweeps)}
     assert checks["one machine class: 30 epochs, 1 of the labels (14 runs)"][0] is True  # the H200 seed is seed 5: cut
     assert checks["5 seeds: logit-tuned"] == (True, "all")
@@ -194,6 +196,7 @@ def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
     assert sweep_checks[f"sweep {study.sweep_name('dist')}"] == (False, "15 trials, trial 0 is not the default, "
                                                                   "cpu: AMD EPYC, 2 cores float32")  # fmt: skip
     assert sweep_checks[f"sweep {study.sweep_name('rkd')}"] == (False, "not run yet")
+    assert sweep_checks[f"sweep {study.sweep_name('dkd')}"][0] is True  # 15 + the retried default
     mixed = records + [compared_record("at-tuned", s, "cuda: NVIDIA H200") for s in seeds]
     assert not dict((w, ok) for w, ok, _ in study_run.audit(mixed, sweeps))[
         "one machine class: 30 epochs, 1 of the labels (19 runs)"
