@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import study
 from .results import atomic_write
+from .train import cpu_features
 
 PROGRESS = "study-v2"  # results/<dataset>/<this>/: the re-run's records and job log
 
@@ -198,7 +199,8 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
     machine = this_machine_class()
     state = progress.load()
     failed: set[str] = set()
-    log(f"study run: this machine trains as {machine!r}; stops after {hours:g} h")
+    log(f"study run: this machine trains as {machine!r} (CPU flags: {' '.join(cpu_features()) or 'none read'}); "
+        f"stops after {hours:g} h")
     while time.monotonic() < deadline:
         runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
         skipped = []
@@ -223,7 +225,8 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
         outcome, seconds = run_subprocess(job, deadline, progress, log)
         if outcome == "ok":
             state = progress.load()
-            state["jobs"][job.name] = {"machine": machine, "seconds": round(seconds), "finished": _now()}
+            state["jobs"][job.name] = {"machine": machine, "seconds": round(seconds), "finished": _now(),
+                                       "cpu_features": cpu_features()}  # fmt: skip
             progress.save(state)
         elif outcome == "stopped":
             break
@@ -268,10 +271,11 @@ def status(progress: Progress) -> str:
     """Markdown: the jobs done (machine class, hours, when), each comparison's machine class, the jobs left."""
     state = progress.load()
     jobs = state["jobs"]
-    lines = ["| job | machine class | hours | finished |", "|---|---|---|---|"]
-    lines += [f"| {name} | {j['machine']} | {j['seconds'] / 3600:.2f} | {j['finished']} |" for name, j in jobs.items()]
+    lines = ["| job | machine class | CPU flags | hours | finished |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {j['machine']} | {' '.join(j.get('cpu_features', ['not recorded']))} "
+              f"| {j['seconds'] / 3600:.2f} | {j['finished']} |" for name, j in jobs.items()]  # fmt: skip
     hours = sum(j["seconds"] for j in jobs.values()) / 3600
-    lines += [f"| **{len(jobs)} jobs** | | **{hours:.2f}** | |", ""]
+    lines += [f"| **{len(jobs)} jobs** | | | **{hours:.2f}** | |", ""]
     lines += ["| comparison | trains on |", "|---|---|"] + [
         f"| {g} | {c} |" for g, c in sorted(state["groups"].items())
     ]

@@ -172,13 +172,23 @@ def machine_label(device: torch.device, dtype: torch.dtype | None = None) -> str
     return label if dtype is None else f"{label}, {str(dtype).removeprefix('torch.')}"
 
 
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what picks the CPU's fp32 and bf16 kernels
+
+
+def cpu_features(cpuinfo: str | Path = "/proc/cpuinfo") -> list[str]:
+    """The ``MATMUL_FLAGS`` the CPU lists: two CPUs of one model name may differ here (an EPYC with AVX2 only,
+    another with AVX512-BF16), so the study's job log records them beside the machine class."""
+    try:
+        flags = set(next(line for line in Path(cpuinfo).read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())  # fmt: skip
+    except (OSError, StopIteration):
+        return []
+    return [f for f in MATMUL_FLAGS if f in flags]
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU advertises AVX512-BF16 or AMX-BF16 (emulated bf16 is slower than fp32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(cpu_features()))
 
 
 def cuda_has_native_bf16() -> bool:

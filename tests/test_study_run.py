@@ -66,6 +66,7 @@ def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
 def test_the_queue_keeps_each_comparison_on_the_machine_class_that_started_it(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: True)  # no sweep left
     monkeypatch.setattr(study_run, "this_machine_class", lambda: "cpu: AMD EPYC, 2 cores float32")
+    monkeypatch.setattr(study_run, "cpu_features", lambda: ["avx2"])  # an EPYC without AVX-512
     progress = study_run.Progress(tmp_path / "study-v2")
     progress.save({"jobs": {}, "groups": {"70-epoch": "cuda: NVIDIA H200 float32"}})
     started = []
@@ -83,6 +84,8 @@ def test_the_queue_keeps_each_comparison_on_the_machine_class_that_started_it(tm
     state = progress.load()
     assert state["groups"]["15-epoch"] == "cpu: AMD EPYC, 2 cores float32" and set(started) == set(state["jobs"])
     assert state["jobs"]["teacher"]["machine"] == "cpu: AMD EPYC, 2 cores float32"
+    assert state["jobs"]["teacher"]["cpu_features"] == ["avx2"] and "(CPU flags: avx2)" in lines[0]
+    assert "| teacher | cpu: AMD EPYC, 2 cores float32 | avx2 |" in study_run.status(progress)
     started.clear()
     study_run.run_queue(1.0, progress, log=lines.append)
     assert started == []  # finished jobs are not run again
@@ -214,5 +217,5 @@ def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
     readme.write_text("a\n<!-- study-progress:start -->\nold\n<!-- study-progress:end -->\nb\n")
     render_report(tmp_path / "results", tmp_path / "Pictures", readme)
     text = readme.read_text()
-    assert "| teacher | cpu: X float32 | 2.00 | 2026-12-01 |" in text and "| sweep-logit | cpu: X float32 |" in text
+    assert "| teacher | cpu: X float32 | not recorded | 2.00 | 2026-12-01 |" in text and "| sweep-logit | cpu: X float32 |" in text
     assert "old" not in text and "jobs left: sweep-" in text

@@ -304,6 +304,15 @@ def test_auto_precision_on_a_cpu_follows_native_bf16(monkeypatch, native, expect
     assert train_mod.resolve_precision("auto", torch.device("cpu")) == expected
 
 
+def test_cpu_features_reads_whole_flags_of_the_cpuinfo_flags_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert train_mod.cpu_features(cpuinfo) == ["avx2", "avx512f", "avx512_bf16"]
+    cpuinfo.write_text("model name\t: AMD EPYC avx512_bf16 edition\nflags\t\t: fpu avx2 amx_bf16x\n")
+    assert train_mod.cpu_features(cpuinfo) == ["avx2"]  # the model name is no flag; amx_bf16x is not amx_bf16
+    assert train_mod.cpu_features(tmp_path / "missing") == []
+
+
 def test_explicit_precisions_and_a_bad_one():
     cpu = torch.device("cpu")
     assert [train_mod.resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == [
