@@ -124,6 +124,9 @@ def make_objective(plan: SweepPlan, data, teacher: FrozenTeacher, log):
             if log:
                 log(f"trial {trial.number}: {format_values(values)} diverged")
             raise
+        except KeyboardInterrupt:  # Ctrl-C or a session's deadline: Optuna fails the trial, `requeue_interrupted`
+            trial.set_user_attr("interrupted", trial.number)  # queues its settings again
+            raise
         if describe_trial(trial, values, record, log):
             raise optuna.TrialPruned()
         return record.best_val_f1
@@ -212,7 +215,24 @@ def open_study(plan: SweepPlan) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a worker killed mid-trial (session end, crash): retry its settings
+    requeue_interrupted(plan, study)  # one interrupted, then killed before it could queue its trial again
     return study
+
+
+def requeue_interrupted(plan: SweepPlan, study: optuna.Study) -> list[int]:
+    """Queue again, with the same settings, each trial that failed because its worker was interrupted (its run
+    resumes from its last epoch): Optuna fails a trial on KeyboardInterrupt and retries only stale ones. A trial
+    is queued once (it is then in its retry's ``retry_history``), however often a session's end cuts it."""
+    with study_lock(plan), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        trials = study.get_trials(deepcopy=True)
+        queued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        cut = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") == t.number
+               and t.number not in queued]  # fmt: skip
+        again = optuna.storages.RetryFailedTrialCallback(max_retry=None)  # not the setting's fault: no cap
+        for t in cut:
+            again(study, t)
+    return [t.number for t in cut]
 
 
 def study_lock(plan: SweepPlan) -> FileLock:
@@ -403,19 +423,23 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
     teacher = prepare_teacher_once(plan.cfg, data, log)
     pack = resolve_pack(plan.cfg.pack, plan.cfg.train.device)
     if plan.trials and len(study.get_trials(deepcopy=False, states=LIVE)) < plan.max_trials:
-        if pack > 1:  # trials trained K at a time as one network (a GPU's default)
+        if pack > 1:  # trials trained K at a time as one network (a GPU's default); cut, they go stale and retry
             run_packed_trials(plan, study, data, teacher, log, pack)
         else:
-            study.optimize(
-                make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
-                callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
-            )  # fmt: skip
+            try:
+                study.optimize(
+                    make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
+                    callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
+                )  # fmt: skip
+            except KeyboardInterrupt:
+                requeue_interrupted(plan, study)
+                raise
     summary = finish_sweep(plan, study, data, teacher, log)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     if (
         summary["best"] is None
         and TrialState.FAIL in states
-        and not set(states) & {TrialState.RUNNING, TrialState.COMPLETE}
+        and not set(states) & {TrialState.RUNNING, TrialState.COMPLETE, TrialState.WAITING}  # WAITING: a retry
     ):
         raise NonFiniteLossError(
             f"every trial of study '{plan.name}' failed ({states.count(TrialState.FAIL)} diverged); lower --lr or "

@@ -197,6 +197,33 @@ def test_a_trial_left_running_by_a_dead_worker_is_failed_and_rerun(capsys, ckpt,
     assert len(runs) == 1 and runs[0]["sweep"]["complete_trials"] == 2  # scored: nothing is left running
 
 
+def test_a_trial_cut_by_ctrl_c_is_queued_again_once_with_its_settings(capsys, ckpt, tmp_path, monkeypatch):
+    """A session's deadline (SIGINT) fails the running trial in Optuna; its settings come back as the next trial,
+    queued once however many workers open the study afterwards, and the default stays the default."""
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    real = sweep.train_experiment
+
+    def cut(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "train_experiment", cut)
+    code, _, err = run_sweep_cli(capsys, *args, "--trials", "3")
+    assert code == 130 and "interrupted" in err
+    storage = str(results / "sweeps.journal")
+    trials = load_study(storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["default"] is True
+    monkeypatch.setattr(sweep, "train_experiment", real)
+    assert run_sweep_cli(capsys, *args, "--trials", "0")[0] == 0  # another worker opens it: nothing queued twice
+    assert len(load_study(storage).trials) == 2
+    code, _, err = run_sweep_cli(capsys, *args, "--trials", "2", "--max-trials", "2")
+    assert code == 0, err
+    trials = load_study(storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].params == trials[0].params and trials[1].system_attrs["retry_history"] == [0]
+
+
 def test_a_journal_trial_is_stale_only_when_both_its_beat_and_its_start_are_old(tmp_path):
     storage = sweep_storage.JournalHeartbeatStorage(tmp_path / "s.journal", heartbeat_interval=1, grace_period=1)
     study = optuna.create_study(storage=storage, study_name="s")
