@@ -229,7 +229,7 @@ def requeue_interrupted(plan: SweepPlan, study: optuna.Study) -> list[int]:
         queued = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
         cut = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("interrupted") == t.number
                and t.number not in queued]  # fmt: skip
-        again = optuna.storages.RetryFailedTrialCallback(max_retry=None)  # not the setting's fault: no cap
+        again = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)  # the same copy, uncapped
         for t in cut:
             again(study, t)
     return [t.number for t in cut]
