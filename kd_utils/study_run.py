@@ -134,7 +134,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     sweeps = session.paths.results.parent / "sweeps"
     if job.kind == "sweep" and profile == "full":  # in its own process: it loads the data and teacher itself
         argv = study.sweep_argv(job.arg, sweep_checkpoints or str(session.paths.checkpoints))
-        subprocess.run([sys.executable, "-m", "kd_utils", *argv], check=True)
+        run_to_its_end([sys.executable, "-m", "kd_utils", *argv])
         if sweep_only:
             return
     data = prepare_data(cfg.data)
@@ -199,8 +199,10 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
     machine = this_machine_class()
     state = progress.load()
     failed: set[str] = set()
-    log(f"study run: this machine trains as {machine!r} (CPU flags: {' '.join(cpu_features()) or 'none read'}); "
-        f"stops after {hours:g} h")
+    log(
+        f"study run: this machine trains as {machine!r} (CPU flags: {' '.join(cpu_features()) or 'none read'}); "
+        f"stops after {hours:g} h"
+    )
     while time.monotonic() < deadline:
         runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
         skipped = []
@@ -259,6 +261,23 @@ def run_subprocess(job: study.Job, deadline: float, progress: Progress, log) -> 
     outcome = "ok" if proc.returncode == 0 else f"failed rc {proc.returncode}"
     log(f"{_now()} {outcome} {job.name} ({seconds:.0f} s)")
     return ("ok" if proc.returncode == 0 else "failed"), seconds
+
+
+def run_to_its_end(cmd: list[str], grace_s: float = 50) -> None:
+    """``subprocess.run(cmd, check=True)``, but on Ctrl-C it waits up to ``grace_s`` for ``cmd``, which got the
+    SIGINT too (one process group), to finish its own clean-up (a sweep queues its cut trial again);
+    ``subprocess.run`` would kill it after 0.25 s."""
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=grace_s)  # run_queue kills the whole group 60 s after its SIGINT
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
 
 
 def restore_sigint() -> None:

@@ -4,6 +4,11 @@ job by job across sessions, one machine class per comparison."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -217,5 +222,30 @@ def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
     readme.write_text("a\n<!-- study-progress:start -->\nold\n<!-- study-progress:end -->\nb\n")
     render_report(tmp_path / "results", tmp_path / "Pictures", readme)
     text = readme.read_text()
-    assert "| teacher | cpu: X float32 | not recorded | 2.00 | 2026-12-01 |" in text and "| sweep-logit | cpu: X float32 |" in text
+    assert (
+        "| teacher | cpu: X float32 | not recorded | 2.00 | 2026-12-01 |" in text
+        and "| sweep-logit | cpu: X float32 |" in text
+    )
     assert "old" not in text and "jobs left: sweep-" in text
+
+
+def test_a_job_gives_its_sweep_process_time_to_clean_up_after_ctrl_c(tmp_path):
+    """SIGINT reaches the job and its sweep (one process group); the job waits for the sweep to finish its own
+    clean-up (queueing its cut trial again), where ``subprocess.run`` would kill it after 0.25 s."""
+    marker, ready = tmp_path / "cleaned-up", tmp_path / "ready"
+    child = (f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\n"
+             f"try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+             f"    time.sleep(1.0)\n    pathlib.Path({str(marker)!r}).touch()\n    raise SystemExit(130)\n")  # fmt: skip
+    job = (
+        f"import sys; from kd_utils.study_run import run_to_its_end; run_to_its_end([sys.executable, '-c', {child!r}])"
+    )
+    log = (tmp_path / "stderr").open("w")  # not a pipe: the job's exit, not the sweep's, ends the wait below
+    proc = subprocess.Popen([sys.executable, "-c", job], start_new_session=True, preexec_fn=study_run.restore_sigint,
+                            stderr=log)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    assert marker.exists()  # the sweep finished its clean-up before the job exited
+    assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in (tmp_path / "stderr").read_text()
