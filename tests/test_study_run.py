@@ -247,5 +247,6 @@ def test_a_job_gives_its_sweep_process_time_to_clean_up_after_ctrl_c(tmp_path):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=60)
+    log.close()
     assert marker.exists()  # the sweep finished its clean-up before the job exited
     assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in (tmp_path / "stderr").read_text()
