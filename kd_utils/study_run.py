@@ -253,7 +253,8 @@ def run_subprocess(job: study.Job, deadline: float, progress: Progress, log) -> 
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)  # the job and its sweep, if either still runs
+                proc.wait()
             log(f"{_now()} stopped {job.name} at the deadline ({time.monotonic() - started:.0f} s)")
             return "stopped", time.monotonic() - started
         time.sleep(2)
