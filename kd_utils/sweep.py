@@ -9,8 +9,8 @@ file, next to a JSON file of every trial and a validation-F1 map of the two most
 Several workers share a study through one ``--storage``: a journal file (the default,
 ``<results-dir>/sweeps.journal``: processes on one machine), a SQLite file (older studies; one writer at a time)
 or a PostgreSQL/MySQL URL (several machines). Trial numbers are unique and ``--max-trials`` caps the total: a
-trial whose number comes after ``max_trials`` live (running, waiting or complete) trials is skipped. Running
-trials send a heartbeat (Optuna's, for a database; ``JournalHeartbeatStorage``'s, for a journal file); one whose
+trial whose number comes after ``max_trials`` counted (complete, pruned, running or queued) trials is skipped.
+Running trials send a heartbeat (Optuna's, for a database; ``JournalHeartbeatStorage``'s, for a journal file); one whose
 worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the study and queued again with
 the same settings (its run resumes from its last checkpoint, when one is there).
 The TPE sampler of each worker is seeded by the training seed plus the worker's process id, so concurrent
@@ -55,16 +55,33 @@ from .storage import check_storage, heartbeats, open_storage
 from .teacher import FrozenTeacher, prepare_teacher
 from .train import NonFiniteLossError
 
-LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)  # trials that count towards --max-trials
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 
-def live_before(study: optuna.Study, number: int) -> int:
-    """How many live trials (running, waiting, complete) were created before trial ``number``.
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count towards ``--max-trials``: complete, pruned (a trial the pruner stopped early is
+    still one of the sweep's), running or queued; not failed ones (they are queued again) nor the ones skipped
+    as over the cap. So a sweep of 16 trials is 16 however its pruner and the sessions' ends cut it."""
+    return [t for t in study.get_trials(deepcopy=False, states=COUNTED) if "skipped" not in t.user_attrs]
 
-    Trial numbers follow creation order in the storage, so a trial that sees ``max_trials`` live ones before
+
+def counted_before(study: optuna.Study, number: int) -> int:
+    """How many counted trials were created before trial ``number``.
+
+    Trial numbers follow creation order in the storage, so a trial that sees ``max_trials`` counted ones before
     it is over the cap whatever the other workers do next: the cap is exact, not racy.
     """
-    return sum(1 for t in study.get_trials(deepcopy=False, states=LIVE) if t.number < number)
+    return sum(1 for t in counted_trials(study) if t.number < number)
+
+
+def stop_at_cap(max_trials: int):
+    """``study.optimize`` callback: this worker stops once the study counts ``max_trials`` trials."""
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if len(counted_trials(study)) >= max_trials:
+            study.stop()
+
+    return callback
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict:
@@ -98,7 +115,7 @@ class SweepPlan:
     sampler: str  # tpe | grid
     pruner: str  # none | median
     trials: int  # this worker's trials at most
-    max_trials: int  # the study's live trials at most, all workers together
+    max_trials: int  # the study's counted trials at most, all workers together
     results_dir: Path  # trials file, figure, locks, default storage (sweeps.journal)
     results_path: Path  # the tuned run's record is appended here
 
@@ -109,7 +126,7 @@ def make_objective(plan: SweepPlan, data, teacher: FrozenTeacher, log):
     max_trials = plan.max_trials
 
     def objective(trial: optuna.Trial) -> float:
-        if live_before(trial.study, trial.number) >= max_trials:
+        if counted_before(trial.study, trial.number) >= max_trials:
             trial.set_user_attr("skipped", f"over --max-trials {max_trials}")
             trial.study.stop()
             raise optuna.TrialPruned()
@@ -162,7 +179,7 @@ def run_packed_trials(plan: SweepPlan, study: optuna.Study, data, teacher: Froze
             with warnings.catch_warnings():  # "heartbeat ... supposed to be used with Study.optimize": heartbeats()
                 warnings.simplefilter("ignore", UserWarning)
                 trial = study.ask()
-            if live_before(study, trial.number) >= plan.max_trials:
+            if counted_before(study, trial.number) >= plan.max_trials:
                 trial.set_user_attr("skipped", f"over --max-trials {plan.max_trials}")
                 study.tell(trial, state=TrialState.PRUNED)
                 left = 0
@@ -422,14 +439,14 @@ def run_sweep(args: argparse.Namespace, log=print) -> dict:
     data = prepare_data(plan.cfg.data)
     teacher = prepare_teacher_once(plan.cfg, data, log)
     pack = resolve_pack(plan.cfg.pack, plan.cfg.train.device)
-    if plan.trials and len(study.get_trials(deepcopy=False, states=LIVE)) < plan.max_trials:
+    if plan.trials and len(counted_trials(study)) < plan.max_trials:
         if pack > 1:  # trials trained K at a time as one network (a GPU's default); cut, they go stale and retry
             run_packed_trials(plan, study, data, teacher, log, pack)
         else:
             try:
                 study.optimize(
                     make_objective(plan, data, teacher, log), n_trials=plan.trials, catch=(NonFiniteLossError,),
-                    callbacks=[optuna.study.MaxTrialsCallback(plan.max_trials, states=LIVE)],
+                    callbacks=[stop_at_cap(plan.max_trials)],
                 )  # fmt: skip
             except KeyboardInterrupt:
                 requeue_interrupted(plan, study)

@@ -147,7 +147,7 @@ def assert_one_capped_study(study: optuna.Study, results: Path, outputs: list[tu
     other one skipped over the cap), trials from both workers, the teacher trained once, the choice scored once."""
     trials = study.trials
     assert sorted(t.number for t in trials) == list(range(len(trials)))  # each number once
-    live = [t for t in trials if t.state in sweep.LIVE]
+    live = sweep.counted_trials(study)
     assert sorted(t.number for t in live) == [0, 1, 2, 3] and all(t.state.name == "COMPLETE" for t in live)
     assert all("skipped" in t.user_attrs for t in trials if t not in live)  # the rest: over --max-trials, untrained
     assert len({t.user_attrs["worker"] for t in live}) == 2  # both workers ran trials (3 each at most)
@@ -373,6 +373,23 @@ def test_a_pruner_stops_trials_at_the_epoch_it_says(capsys, ckpt, tmp_path, monk
     trials = json.loads((results / "synthetic-logit-seed0.json").read_text())["trials"]
     assert {t["state"] for t in trials} == {"PRUNED"} and all(len(t["val_f1"]) == 1 for t in trials)
     assert "pruned after epoch 1" in out
+
+
+def test_pruned_trials_count_towards_the_cap_so_a_sweep_is_its_trials_however_it_is_cut(capsys, ckpt, tmp_path,
+                                                                                        monkeypatch):  # fmt: skip
+    """A pruner that stops every trial: ``--max-trials 2`` still trains 2 trials (a third is skipped), where a cap
+    on complete trials alone would have trained all 4 of this worker's, and a next worker trains none."""
+    monkeypatch.setattr(sweep, "make_pruner", lambda plan: optuna.pruners.ThresholdPruner(upper=-1.0))
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--pruner", "median", "--max-trials", "2", "--results-dir", str(results),
+            "--checkpoint-dir", str(ckpt), *[a if a != "1" else "2" for a in SMALL]]  # fmt: skip
+    for _ in range(2):
+        code, out, err = run_sweep_cli(capsys, *args, "--trials", "4")
+        assert code == 0, err
+    study = load_study(str(results / "sweeps.journal"))
+    counted = sweep.counted_trials(study)
+    assert [(t.number, t.state.name) for t in counted] == [(0, "PRUNED"), (1, "PRUNED")]
+    assert all("skipped" in t.user_attrs for t in study.trials[2:])  # any later trial was skipped, untrained
 
 
 def test_the_pruners_are_none_and_optunas_median():
