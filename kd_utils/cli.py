@@ -171,7 +171,11 @@ def run_study_sweeps(prog: str | None = None) -> int:
 
 def study_command(args: argparse.Namespace, prog: str | None) -> int:
     from . import study_run
+    from .notebook import REPO_ROOT
 
+    if args.action != "jobs" and Path.cwd().resolve() != REPO_ROOT:  # results/, checkpoints/ and the sweeps
+        raise ValueError(f"study {args.action}: run it from the repository root (cd {REPO_ROOT}): the study's "
+                         "records, checkpoints and sweeps are the checkout's")  # fmt: skip
     progress = study_run.Progress(Path("results") / study_run.study.SWEEP_DATASET / study_run.PROGRESS)
     if args.action == "jobs":
         print(format_jobs())

@@ -187,15 +187,18 @@ def reference_for(name: str, runs: dict[str, list[RunRecord]]) -> str | None:
     return None
 
 
+NOT_COMPARED = ("teacher", "ablation")  # an ablation is read against its whole run (``ablation_rows``), not as a method
+
+
 def comparison_rows(grouped: Grouped, evidence: Evidence | None = None) -> list[dict]:
-    """Per student run: mean and std of accuracy and F1 over seeds; against its labels-only run, the paired F1
+    """Per student run but the ablations: mean and std of accuracy and F1 over seeds; against its labels-only run, the paired F1
     gain with the seed-only t-interval and the interval over seeds and test images, Holm-adjusted p-values
     (across the unconfounded runs sharing that baseline), McNemar per seed, and the confound if any."""
     evidence = evidence or Evidence([r for seeds in grouped.values() for r in seeds.values()])
     by_name = {name: list(seeds.values()) for name, seeds in grouped.items()}
     rows = []
     for name, seeds in grouped.items():
-        if first_record(seeds).role == "teacher":
+        if first_record(seeds).role in NOT_COMPARED:
             continue
         acc = mean_std([r.test["accuracy"] for r in seeds.values()])
         f1 = mean_std([r.test["f1"] for r in seeds.values()])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from .comparison import Grouped, first_record, gain_sentence, interval_text, label
+from .comparison import NOT_COMPARED, Grouped, first_record, gain_sentence, interval_text, label
 from .evidence import Evidence, PairGain
 from .stats import holm
 
@@ -60,10 +60,11 @@ class Family:
 
 
 def families(grouped: Grouped) -> list[list[str]]:
-    """Run names compared with each other (same pairing keys, >= 2 seeds, not the teacher), in ``grouped``'s order."""
+    """Run names compared with each other (same pairing keys, >= 2 seeds, neither the teacher nor an ablation), in
+    ``grouped``'s order."""
     keyed: dict[frozenset, list[str]] = {}
     for name, seeds in grouped.items():
-        if first_record(seeds).role == "teacher" or len(seeds) < 2:
+        if first_record(seeds).role in NOT_COMPARED or len(seeds) < 2:
             continue
         keyed.setdefault(frozenset(r.pairing_key() for r in seeds.values()), []).append(name)
     return [names for names in keyed.values() if len(names) > 1]

@@ -35,7 +35,9 @@ STUDY_EPOCHS = 15  # every compared student run (notebooks 00-03, 05)
 FINAL_EPOCHS = 70  # the long run of the best candidate, next to a baseline as long (notebook 04)
 STUDY_SEEDS = (1, 2, 3, 4, 5)  # training seeds of every compared run; the sweeps tune on seed 0, which is not one
 CANDIDATES = ("logit", "hidden", "regressor")  # notebooks 01-03 at the defaults; 04 trains the best again, longer
-LOGIT_METHODS = ("logit", "dkd", "dist")  # teacher terms on logits alone: they need no label on an image
+# the few-label runs' candidates: teacher terms on every image's logits, labeled or not (DKD is none: it splits the
+# labeled class off, so it leaves the teacher out on every image without a label)
+LOGIT_METHODS = ("logit", "dist", "logit+ls", "dist+ls")
 FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 SEMI_SUPERVISED = "-semi"  # name suffix of few-label runs distilled from a teacher trained on those labels alone
 # the order the study's sweeps run in: the logit-based methods and their standardized variants first (the few-label
@@ -44,9 +46,11 @@ SWEEP_ORDER = ("logit", "dist", "dkd", "logit+ls", "dist+ls", "dkd+ls", "logit+r
                "regressor", "at", "rkd", "logit+hidden")  # fmt: skip
 SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
 SWEEP_SEED = 0  # the sweeps' training seed
-# per method: 16 trials at the study's length, the default setting first, TPE after a random third, trials below
-# the median of earlier ones at an epoch stopped there (the stored study's were 6 random trials of 5 epochs)
-SWEEP_SETTINGS = {"epochs": STUDY_EPOCHS, "trials": 16, "pruner": "median"}
+# per method: 16 trials at the study's length (complete or pruned), the default setting first, TPE after a random
+# third, trials below the median of earlier ones at an epoch stopped there (the stored study's were 6 random trials
+# of 5 epochs). A worker may start up to 48, so that trials that diverge (failed: not counted) are made up for
+# before it scores the choice; the cap of 16 ends it.
+SWEEP_SETTINGS = {"epochs": STUDY_EPOCHS, "max_trials": 16, "trials": 48, "pruner": "median"}
 SWEEP_VERSION = "v2"  # in the study names: the stored study's sweeps (v1) are never resumed or read as these
 SWEEPS_DIR = Path("results") / SWEEP_DATASET / "sweeps"  # trials, tuned records and figures (README links)
 SWEEP_STORAGE = "journal:///checkpoints/sweeps-v2.journal"  # resumable across sessions (a small file to commit)
@@ -289,19 +293,24 @@ def few_label_runs(
         few_cfg = replace(cfg, data=replace(cfg.data, labeled_fraction=fraction))
         few_data = prepare_data(few_cfg.data)
         records += compare_methods(few_cfg, few_data, teacher, [method], seeds, sweeps_dir, results_path, log)
-        if semi_supervised:
-            few_teacher = prepare_teacher(few_cfg, few_data, log)
+        if semi_supervised:  # a new teacher trains at its students' precision (the stored one keeps its own)
+            semi_cfg = replace(few_cfg, teacher_precision=None)
+            few_teacher = prepare_teacher(semi_cfg, few_data, log)
             records.append(few_teacher.record)
             if results_path is not None:
                 append_run(results_path, few_teacher.record, replace_same_run=True)
-            records += compare_methods(few_cfg, few_data, few_teacher, [method], seeds, sweeps_dir, results_path,
+            records += compare_methods(semi_cfg, few_data, few_teacher, [method], seeds, sweeps_dir, results_path,
                                        log, variant=SEMI_SUPERVISED, baseline=False)  # fmt: skip
     return records
 
 
 def best_logit_method(records: Sequence[RunRecord]) -> str:
-    """The logit-based method (``LOGIT_METHODS``) with the best mean validation F1 among ``records``."""
-    return best_by_validation({m: [r for r in records if r.method == m] for m in LOGIT_METHODS})
+    """The logit-based method (``LOGIT_METHODS``, those among ``records``) with the best mean validation F1."""
+    runs = {m: [r for r in records if r.method == m] for m in LOGIT_METHODS}
+    runs = {m: found for m, found in runs.items() if found}
+    if not runs:
+        raise ValueError(f"no run of {', '.join(LOGIT_METHODS)} to choose the few-label runs' method from")
+    return best_by_validation(runs)
 
 
 # --- `run --experiment ...`: teacher, baseline, methods, per seed ---------------------------------------------

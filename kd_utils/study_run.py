@@ -137,6 +137,8 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
         run_to_its_end([sys.executable, "-m", "kd_utils", *argv])
         if sweep_only:
             return
+    if profile == "full":
+        check_tuned(job, sweeps)
     data = prepare_data(cfg.data)
     teacher = prepare_teacher(cfg, data)
     if job.kind == "teacher":
@@ -173,6 +175,24 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
         study.few_label_runs(cfg, teacher, chosen, seeds, sweeps, records_path, fractions=[job.arg])
     else:
         raise SystemExit(f"unknown job kind {job.kind!r} ({job.name})")
+
+
+def tuned_methods(job: study.Job) -> list[str]:
+    """The methods whose sweep's choice ``job`` trains at."""
+    if job.kind in ("compare", "sweep"):
+        return [job.arg]
+    if job.kind == "ablations":
+        return [a.of for a in study.ABLATIONS]
+    return list(study.LOGIT_METHODS) if job.kind == "few-labels" else []
+
+
+def check_tuned(job: study.Job, sweeps_dir: Path) -> None:
+    """The full study trains each method at its sweep's choice: a job whose sweep has not scored one is refused,
+    where ``compare_methods`` would quietly train the defaults (its notebooks' way without a sweep)."""
+    missing = [m for m in tuned_methods(job) if study.tuned_settings(sweeps_dir, m)[0] is None]
+    if missing:
+        raise ValueError(f"study job {job.name}: no finished sweep of {', '.join(missing)} under {sweeps_dir}; "
+                         "`study run` sweeps first")  # fmt: skip
 
 
 def _records(path: Path) -> list:

@@ -209,7 +209,7 @@ def test_gpu_study_jobs_wait_for_what_they_read():
     methods = ("logit", "hidden", "regressor", "dkd", "dist", "at", "logit+regressor")
     jobs = {j.name: j for j in study_jobs((0, 1), ["logit+regressor"], methods, (0.1, 0.01))}
     assert jobs["04-final-1"].needs == ("teacher", "01-03")  # the final method is 01-03's best by validation F1
-    assert set(jobs["05-few-0.01"].needs) == {"teacher", "05-logit", "05-dkd", "05-dist"}  # best logit-based
+    assert set(jobs["05-few-0.01"].needs) == {"teacher", "05-logit", "05-dist"}  # best logit-based (DKD is none)
     assert "05-logit+regressor" not in jobs  # its sweep job trains it, once the sweep chose its setting
     assert {"sweep-logit+regressor", "04-baseline-0", "04-baseline-1", "05-at"} <= set(jobs)
     assert list(jobs)[:2] == ["teacher", "sweep-logit+regressor"]  # what all read, then the longest chain
@@ -225,7 +225,8 @@ def test_the_study_sweeps_run_with_the_study_teacher_and_resume():
     assert (args.method, args.teacher_epochs, args.teacher_random_erasing) == (
         "logit+hidden", STUDY_TEACHER["teacher_epochs"], STUDY_TEACHER["teacher_random_erasing"])  # fmt: skip
     assert (args.precision, args.teacher_precision) == (STUDY_PRECISION, STUDY_TEACHER["teacher_precision"])
-    assert (args.epochs, args.trials, args.pruner) == tuple(SWEEP_SETTINGS.values()) and args.resume
+    assert (args.epochs, args.max_trials, args.trials, args.pruner) == tuple(SWEEP_SETTINGS.values()) and args.resume
+    assert args.max_trials == 16 < args.trials  # the cap ends a sweep; a diverged trial is made up for
     assert not args.progress and args.study_name == "fashion-mnist-logit_hidden-seed0-v2"
     assert args.storage.startswith("journal:///") and args.results_dir == "results/fashion-mnist/sweeps"
     moved = get_args_parser().parse_args(sweep_argv("dkd", "/tmp/elsewhere"))

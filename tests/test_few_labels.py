@@ -63,11 +63,13 @@ def test_few_label_runs_train_the_semi_supervised_variant(tmp_path, monkeypatch)
     data_cfg = DataConfig(dataset="synthetic", train_size=400, val_size=100, test_size=50)
     train = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
     cfg = ExperimentConfig(data=data_cfg, train=train, checkpoint_dir=str(tmp_path), teacher_epochs=1,
-                           allow_weak_teacher=True)  # fmt: skip
-    teacher = prepare_teacher(cfg, prepare_data(data_cfg), log=None)
+                           teacher_precision="bf16", allow_weak_teacher=True)  # fmt: skip
+    teacher = prepare_teacher(cfg, prepare_data(data_cfg), log=None)  # bf16: as the stored teacher kept its own
     records = study.few_label_runs(cfg, teacher, "logit", [0], log=None)
     names = [r.name for r in records]
     assert names == ["baseline@10%labels", "logit@10%labels", "teacher@10%labels", "logit-semi@10%labels"]
     few_teacher = records[2]
     assert few_teacher.extra["train_images"] == 40  # trained on the 10% of labeled images alone
+    assert teacher.record.trained_on[-1].precision == "bfloat16"
+    assert {s.precision for r in records[2:] for s in r.trained_on} == {"float32"}  # a new teacher: as its students
     assert records[3].teacher["weights_sha256"] != records[1].teacher["weights_sha256"]

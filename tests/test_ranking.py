@@ -151,6 +151,9 @@ def test_an_ablation_is_read_as_the_part_it_removes_with_both_intervals():
     assert "confounded: " in table.splitlines()[-1]  # one seed of "bad-no-part" trained on the H200
     blocks = readme_blocks(records, "synthetic")
     assert blocks["results:synthetic:ablations"] == table
+    grouped = group_runs(records)  # an ablation is no method: not a row against labels alone, not ranked
+    assert {r["name"] for r in comparison_rows(grouped)} == {r["name"] for r in comparison_rows(group_runs(study()))}
+    assert not {"good-no-part", "bad-no-part"} & {n for family in rank(grouped) for n in family.names}
 
 
 def test_each_previous_claim_is_read_as_held_changed_or_fell():

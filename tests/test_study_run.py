@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -59,7 +59,7 @@ def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
     assert names.index("sweep-logit+hidden") < names.index("05-baseline")  # a comparison starts after every sweep
     assert all(set(j.needs) <= set(names[:i]) for i, j in enumerate(jobs))  # each job's needs run before it
     assert set(jobs[names.index("05-ablations")].needs) == {"05-logit+regressor", "05-fitnets"}
-    assert set(jobs[names.index("05-few-0.1")].needs) == {"05-logit", "05-dkd", "05-dist"}  # the best of them
+    assert set(jobs[names.index("05-few-0.1")].needs) == {"05-logit", "05-dist", "05-logit+ls", "05-dist+ls"}
     assert study_run.job_groups(jobs[1]) == ("sweep-logit",) and study_run.job_groups(jobs[0]) == ()
     assert study_run.job_groups(jobs[names.index("04-final-1")]) == ("70-epoch",)
     assert study_run.job_groups(jobs[names.index("05-few-0.01")]) == ("few-0.01",)
@@ -250,3 +250,39 @@ def test_a_job_gives_its_sweep_process_time_to_clean_up_after_ctrl_c(tmp_path):
     log.close()
     assert marker.exists()  # the sweep finished its clean-up before the job exited
     assert proc.returncode == -signal.SIGINT and "KeyboardInterrupt" in (tmp_path / "stderr").read_text()
+
+
+def test_the_few_label_method_is_one_whose_teacher_term_reads_every_image():
+    """DKD splits the labeled class off, so on an image without a label it has no teacher term: no candidate."""
+    assert "dkd" not in study.LOGIT_METHODS and {"logit", "dist"} <= set(study.LOGIT_METHODS)
+
+    def run(method, val_f1):
+        return replace(compared_record(method, 1), method=method, best_val_f1=val_f1)
+
+    records = [run("dkd", 0.99), run("logit", 0.90), run("logit", 0.94), run("dist", 0.91)]
+    assert study.best_logit_method(records) == "logit"  # mean 0.92 over its seeds; dkd's 0.99 is not read
+    with pytest.raises(ValueError, match="no run of logit, dist"):
+        study.best_logit_method([run("dkd", 0.99)])
+
+
+def test_a_full_study_job_without_its_sweeps_choice_is_refused(tmp_path, monkeypatch):
+    jobs = {j.name: j for j in study_run.runner_jobs()}
+    with pytest.raises(ValueError, match="study job 05-dist: no finished sweep of dist under"):
+        study_run.check_tuned(jobs["05-dist"], tmp_path)
+    with pytest.raises(ValueError, match=r"no finished sweep of logit\+regressor, fitnets under"):
+        study_run.check_tuned(jobs["05-ablations"], tmp_path)
+    for name in ("05-baseline", "01-03", "04-final-1"):  # no tuned method: the baselines, 01-03 at the defaults
+        study_run.check_tuned(jobs[name], tmp_path)
+    monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: ({"temperature": 2.5}, "sweep x"))
+    study_run.check_tuned(jobs["05-few-0.1"], tmp_path)
+
+
+def test_the_study_commands_work_on_the_checkout_only(capsys, tmp_path, monkeypatch):
+    from kd_utils import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["study", "status"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "study status: run it from the repository root" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written where it was started
+    assert cli.main(["study", "jobs"]) == 0  # the list reads no file
