@@ -357,7 +357,8 @@ def audit(
             checks.append((what, False, "not run yet"))
             continue
         rows = sorted(json.loads(path.read_text()).get("trials", []), key=lambda t: t["number"])
-        trials = [t for t in rows if t.get("state") in ("COMPLETE", "PRUNED")]
+        rerun = {t.get("rerun_of") for t in rows}  # a trial trained again counts once, as its re-run
+        trials = [t for t in rows if t.get("state") in ("COMPLETE", "PRUNED") and t["number"] not in rerun]
         # trial 0 is the default; interrupted (a session's end), it is retried under a new number, still the default
         default_first = bool(rows) and bool(rows[0].get("default")) and any(t.get("default") for t in trials)
         machines = sorted({t.get("machine") or "not recorded" for t in trials})

@@ -392,9 +392,31 @@ def test_pruned_trials_count_towards_the_cap_so_a_sweep_is_its_trials_however_it
     assert all("skipped" in t.user_attrs for t in study.trials[2:])  # any later trial was skipped, untrained
 
 
-def test_the_pruners_are_none_and_optunas_median():
-    assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="median")), optuna.pruners.MedianPruner)
+def test_the_pruners_are_none_and_optunas_median_from_a_third_of_the_epochs():
+    plan = SimpleNamespace(pruner="median", cfg=SimpleNamespace(train=SimpleNamespace(epochs=15)))
+    pruner = sweep.make_pruner(plan)
+    assert isinstance(pruner, optuna.pruners.MedianPruner)
+    assert pruner._n_warmup_steps == 5  # noqa: SLF001  # epochs 1-4 are never pruned: epoch 1 ranks settings badly
+    assert [sweep.warmup_epochs(e) for e in (1, 2, 3, 15, 70)] == [1, 1, 1, 5, 23]
     assert isinstance(sweep.make_pruner(SimpleNamespace(pruner="none")), optuna.pruners.NopPruner)
+
+
+def test_a_rerun_trial_replaces_the_one_it_trains_again(capsys, ckpt, tmp_path):
+    results = tmp_path / "sweeps"
+    args = ["--method", "logit", "--results-dir", str(results), "--checkpoint-dir", str(ckpt), *SMALL]
+    assert run_sweep_cli(capsys, *args, "--trials", "2")[0] == 0
+    study = load_study(str(results / "sweeps.journal"))
+    sweep.rerun(study, 1, "pruned under an older rule")
+    assert [t.number for t in sweep.counted_trials(study)] == [0, 2]  # trial 2 stands for trial 1
+    with pytest.raises(ValueError, match="trial 2 is WAITING: only a complete or pruned trial is re-run"):
+        sweep.rerun(study, 2, "again")
+    code, _, err = run_sweep_cli(capsys, *args, "--trials", "4", "--max-trials", "2")
+    assert code == 0, err
+    rows = json.loads((results / "synthetic-logit-seed0.json").read_text())["trials"]
+    trained = [r for r in rows if r["state"] == "COMPLETE"]
+    assert [r["number"] for r in trained] == [0, 1, 2] and trained[2]["params"] == trained[1]["params"]
+    assert trained[2]["rerun_of"] == 1 and trained[2]["rerun_why"] == "pruned under an older rule"
+    assert all(r["state"] == "PRUNED" for r in rows[3:])  # the cap of 2 counted the re-run once: the rest skipped
 
 
 def test_trial_zero_is_the_default_setting_and_tpe_starts_after_a_third(capsys, ckpt, tmp_path):
