@@ -212,7 +212,8 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     sweep.add_argument("--sampler", default="tpe", choices=SAMPLERS, help="tpe (seeded: --seed + process id) | grid")
     sweep.add_argument(
         "--pruner", default="none", choices=PRUNERS,
-        help="stop trials early on their per-epoch validation F1: none | median (Optuna's MedianPruner)",
+        help="stop trials early on their per-epoch validation F1: none | median (Optuna's MedianPruner, from a "
+             "third of the epochs on, after 5 complete trials)",
     )  # fmt: skip
     sweep.add_argument(
         "--param",
