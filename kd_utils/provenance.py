@@ -62,13 +62,15 @@ def sweep_table(sweeps_dir: str | Path, link_from: str | Path | None = None) -> 
 def _sweep_row(path: Path, saved: dict, link_from) -> tuple[int, str] | None:
     """One sweep's row (its order among the methods, the markdown); None while no trial completed."""
     done = [t for t in saved["trials"] if t["state"] == "COMPLETE"]
+    rerun = {t.get("rerun_of") for t in saved["trials"]}  # a trial trained again counts once, as its re-run
+    pruned = [t for t in saved["trials"] if t["state"] == "PRUNED" and t["number"] not in rerun]
     best = next((t for t in done if t["number"] == saved.get("best_trial")), None)
     if best is None:
         return None
     scored = path.with_name(f"{path.stem}-best.json")  # the chosen trial's run, with its test metrics
     tuned = [r for r in load_records(scored) if (r.get("sweep") or {}).get("trial") == best["number"]]
     test = f"{tuned[-1].test['f1']:.4f}" if tuned else "not scored yet"
-    method = saved["method"]
+    method = saved["method"] + (" (v2)" if str(saved.get("study", "")).endswith("-v2") else "")  # protocol 2's
     picture = path.with_suffix(".png")
     if link_from is not None and picture.exists():
         method = f"[{method}]({Path(os.path.relpath(picture.absolute(), link_from)).as_posix()})"
@@ -76,7 +78,8 @@ def _sweep_row(path: Path, saved: dict, link_from) -> tuple[int, str] | None:
     scores = [t["best_val_f1"] for t in done]
     hours = sum(t.get("seconds") or 0 for t in saved["trials"]) / 3600
     order = STUDENT_METHODS.index(saved["method"]) if saved["method"] in STUDENT_METHODS else len(STUDENT_METHODS)
-    return (order, f"| {method} | {len(done)} | {', '.join(f'{k} {v}' for k, v in saved['space'].items())} | "
+    trials = f"{len(done)}" + (f" + {len(pruned)} pruned" if pruned else "")
+    return (order, f"| {method} | {trials} | {', '.join(f'{k} {v}' for k, v in saved['space'].items())} | "
                         f"{chosen} | {best['best_val_f1']:.4f} | {min(scores):.4f} – {max(scores):.4f} | {test} | "
                         f"{hours:.2f} |")  # fmt: skip
 
