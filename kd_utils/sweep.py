@@ -10,8 +10,8 @@ Several workers share a study through one ``--storage``: a journal file (the def
 ``<results-dir>/sweeps.journal``: processes on one machine), a SQLite file (older studies; one writer at a time)
 or a PostgreSQL/MySQL URL (several machines). Trial numbers are unique and ``--max-trials`` caps the total: a
 trial whose number comes after ``max_trials`` counted (complete, pruned, running or queued) trials is skipped.
-Running trials send a heartbeat (Optuna's, for a database; ``JournalHeartbeatStorage``'s, for a journal file); one whose
-worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the study and queued again with
+Running trials send a heartbeat (Optuna's, for a database; ``JournalHeartbeatStorage``'s, for a journal file); one
+whose worker died (no heartbeat for ``GRACE_S``) is failed by the next worker to open the study and queued again with
 the same settings (its run resumes from its last checkpoint, when one is there).
 The TPE sampler of each worker is seeded by the training seed plus the worker's process id, so concurrent
 workers explore different points (a sweep is reproducible in its settings and results, not in the order TPE
@@ -262,7 +262,7 @@ def rerun(study: optuna.Study, number: int, why: str) -> None:
     trial = study.get_trials(deepcopy=True)[number]
     if not trial.state.is_finished() or trial.state == TrialState.FAIL:
         raise ValueError(f"trial {number} is {trial.state.name}: only a complete or pruned trial is re-run")
-    user_attrs = {k: v for k, v in trial.user_attrs.items() if k == "default"}
+    user_attrs = {"default": True} if trial.user_attrs.get("default") else {}
     study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
                                         user_attrs={**user_attrs, "rerun_of": number, "rerun_why": why}))  # fmt: skip
 
