@@ -245,14 +245,17 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
             state["groups"].setdefault(group, machine)
         progress.save(state)
         outcome, seconds = run_subprocess(job, deadline, progress, log)
+        state = progress.load()
+        stretches = state.setdefault("stretches", {}).setdefault(job.name, [])
+        stretches.append({"machine": machine, "seconds": round(seconds), "ended": _now(), "outcome": outcome})
         if outcome == "ok":
-            state = progress.load()
-            state["jobs"][job.name] = {"machine": machine, "seconds": round(seconds), "finished": _now(),
+            state["jobs"][job.name] = {"machine": machine, "seconds": sum(s["seconds"] for s in stretches),
+                                       "stretches": len(stretches), "finished": _now(),
                                        "cpu_features": cpu_features()}  # fmt: skip
-            progress.save(state)
-        elif outcome == "stopped":
+        progress.save(state)
+        if outcome == "stopped":
             break
-        else:
+        if outcome == "failed":
             failed.add(job.name)
     left = [j.name for j in pending_jobs(set(state["jobs"]))]
     log(f"study run: {len(state['jobs'])} jobs done, {len(left)} left{': ' + ', '.join(left) if left else ''}")
@@ -308,19 +311,25 @@ def restore_sigint() -> None:
 
 
 def status(progress: Progress) -> str:
-    """Markdown: the jobs done (machine class, hours, when), each comparison's machine class, the jobs left."""
+    """Markdown: the jobs done (machine class, wall hours over all their sessions, when), each comparison's machine
+    class, the jobs left and the hours spent on them so far. A job entered before stretches were kept (2026-12-02)
+    counts its last session only; a sweep's trials file holds each trial's own seconds."""
     state = progress.load()
-    jobs = state["jobs"]
-    lines = ["| job | machine class | CPU flags | hours | finished |", "|---|---|---|---|---|"]
+    jobs, stretches = state["jobs"], state.get("stretches", {})
+    lines = ["| job | machine class | CPU flags | wall hours | sessions | finished |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {j['machine']} | {' '.join(j.get('cpu_features', ['not recorded']))} "
-              f"| {j['seconds'] / 3600:.2f} | {j['finished']} |" for name, j in jobs.items()]  # fmt: skip
+              f"| {j['seconds'] / 3600:.2f} | {j.get('stretches', 'last only')} | {j['finished']} |"
+              for name, j in jobs.items()]  # fmt: skip
     hours = sum(j["seconds"] for j in jobs.values()) / 3600
-    lines += [f"| **{len(jobs)} jobs** | | | **{hours:.2f}** | |", ""]
+    lines += [f"| **{len(jobs)} jobs** | | | **{hours:.2f}** | | |", ""]
     lines += ["| comparison | trains on |", "|---|---|"] + [
         f"| {g} | {c} |" for g, c in sorted(state["groups"].items())
     ]
     left = pending_jobs(set(jobs))
     lines += ["", f"{len(left)} jobs left: " + (", ".join(j.name for j in left) or "none")]
+    begun = {j.name: sum(s["seconds"] for s in stretches[j.name]) for j in left if stretches.get(j.name)}
+    if begun:
+        lines += ["begun, hours so far: " + ", ".join(f"{n} {s / 3600:.2f}" for n, s in begun.items())]
     return "\n".join(lines)
 
 

@@ -104,6 +104,24 @@ def test_a_job_stopped_at_the_deadline_is_not_marked_done(tmp_path, monkeypatch)
     progress = study_run.Progress(tmp_path / "study-v2")
     study_run.run_queue(0.01, progress, log=lambda line: None)
     assert calls == ["teacher"] and progress.load()["jobs"] == {}  # it resumes next session
+    assert "begun, hours so far: teacher 0.00" in study_run.status(progress)
+
+
+def test_a_job_counts_the_hours_of_every_session_it_ran_in(tmp_path, monkeypatch):
+    """Cut at two deadlines, then finished: the job's hours are the three stretches', not the last one's."""
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: True)
+    outcomes = iter([("stopped", 3600.0), ("stopped", 1800.0), ("ok", 900.0)])
+    monkeypatch.setattr(study_run, "run_subprocess", lambda job, *_: next(outcomes) if job.name == "teacher"
+                        else ("stopped", 1.0))  # fmt: skip
+    progress = study_run.Progress(tmp_path / "study-v2")
+    for _ in range(2):
+        study_run.run_queue(1.0, progress, log=lambda line: None)
+    assert "begun, hours so far: teacher 1.50" in study_run.status(progress)
+    study_run.run_queue(1.0, progress, log=lambda line: None)
+    state = progress.load()
+    assert state["jobs"]["teacher"]["seconds"] == 6300 and state["jobs"]["teacher"]["stretches"] == 3
+    assert [s["outcome"] for s in state["stretches"]["teacher"]] == ["stopped", "stopped", "ok"]
+    assert "| 1.75 | 3 |" in study_run.status(progress)
 
 
 @pytest.mark.slow
@@ -223,7 +241,7 @@ def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
     render_report(tmp_path / "results", tmp_path / "Pictures", readme)
     text = readme.read_text()
     assert (
-        "| teacher | cpu: X float32 | not recorded | 2.00 | 2026-12-01 |" in text
+        "| teacher | cpu: X float32 | not recorded | 2.00 | last only | 2026-12-01 |" in text
         and "| sweep-logit | cpu: X float32 |" in text
     )
     assert "old" not in text and "jobs left: sweep-" in text
