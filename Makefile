@@ -12,7 +12,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 APT    := DEBIAN_FRONTEND=noninteractive apt-get install -y
 
-.PHONY: setup data postgres demo test report study sweeps lint
+.PHONY: setup data postgres demo test test-suite test-suite-without report study study-ready sweeps lint
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,18 +34,36 @@ demo: setup data
 	$(PY) -m kd_utils run --experiment all --dataset fashion-mnist --train-size 10000 --epochs 3 --teacher-epochs 3 \
 	  --hint-epochs 2 --checkpoint-dir runs/demo-checkpoints --results-path runs/demo.json --no-progress
 
-test: setup data postgres  # unit tests; again as without the optional packages; every notebook in the smoke profile (nbval)
-	MPLBACKEND=Agg $(PY) -m pytest -q tests
-	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider tests
+# The two passes of the suite run side by side (each test process uses one thread, conftest.py), each with its own
+# temporary folder; their outputs are printed whole as each finishes (-O). Then the notebooks, on both cores.
+test: setup data postgres  # unit tests and, beside them, as without the optional packages; then every notebook (nbval)
+	$(MAKE) --no-print-directory -j2 -O test-suite test-suite-without
 	KD_PROFILE=smoke KD_DATASET=fashion-mnist KD_OUTPUT_DIR=$$(mktemp -d) \
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
+
+test-suite:
+	MPLBACKEND=Agg $(PY) -m pytest -q --basetemp=$$(mktemp -d)/pytest tests
+
+test-suite-without:  # as on a machine without optuna, timm and tensorboard: their imports fail, their tests skip
+	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider \
+	  --basetemp=$$(mktemp -d)/pytest tests
 
 # Each notebook is executed into checkpoints/notebooks/ (written when it finishes); one already there is not
 # run again, so after an interruption `make study` goes on with the first unfinished notebook, which resumes
 # its training from checkpoints/. The executed notebooks replace the committed ones only when all six ran.
 STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebooks/0*.ipynb))
 
-checkpoints/notebooks/%.ipynb: | setup data  # fp32: kd_utils.study.STUDY_PRECISION, what `study run` trained at
+# Before the first notebook: `study check` must pass (every job of `study run` finished, the audit's checks), and
+# protocol 1's records move to results/fashion-mnist/archive/ once, so that the notebooks' records are the re-run's.
+ARCHIVED := results/fashion-mnist/archive/protocol-1-runs.json
+
+study-ready: | setup
+	$(PY) -m kd_utils study check
+
+$(ARCHIVED): | study-ready
+	mkdir -p $(@D) && mv results/fashion-mnist/runs.json $@
+
+checkpoints/notebooks/%.ipynb: | setup data study-ready $(ARCHIVED)  # fp32: study.STUDY_PRECISION, as `study run`
 	KD_PROFILE=full KD_DATASET=fashion-mnist KD_PRECISION=fp32 $(VENV)/bin/jupyter nbconvert --to notebook --execute \
 	  --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.store_widget_state=False \
 	  --output-dir checkpoints/notebooks notebooks/$*.ipynb

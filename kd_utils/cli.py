@@ -187,7 +187,8 @@ def study_command(args: argparse.Namespace, prog: str | None) -> int:
         path = Path(args.records) if args.records else progress.records
         if not path.exists():
             raise ValueError(f"--records {path}: no such file; `study run` writes it as its jobs finish")
-        checks = study_run.audit(load_records(path), study_run.study.SWEEPS_DIR)
+        left = [j.name for j in study_run.pending_jobs(set(progress.load()["jobs"]))]
+        checks = study_run.audit(load_records(path), study_run.study.SWEEPS_DIR, jobs_left=left)
         print(study_run.format_audit(checks))
         return 0 if checks and all(ok for _, ok, _ in checks) else 1
     elif args.action == "job":

@@ -8,7 +8,8 @@ NAME``) and makes the calls of its notebook (``run_job``) with that notebook's f
 are the ones `make study` opens afterwards, where a finished run is only evaluated. A job's records are appended
 to ``results/<dataset>/study-v2/runs.json`` as its runs finish, and a finished job is entered in
 ``study-v2/jobs.json`` with its machine class and seconds: both small files to commit after each session, with
-the new run folders (``git add -f checkpoints/runs/...``). An interrupted job resumes from its runs' last epochs.
+the new run and teacher folders (``git add -f checkpoints/runs/... checkpoints/teachers/...``: a few-label job
+trains a teacher). An interrupted job resumes from its runs' last epochs.
 
 One machine class per comparison: every job belongs to groups (``job_groups``: the sweep of a method, the
 15-epoch comparison, the 70-epoch pair, each label fraction). The first job of a group to start fixes the
@@ -160,6 +161,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     elif job.kind == "ablations":
         study.ablation_runs(cfg, data, teacher, study.ABLATIONS, seeds, sweeps, records_path)
     elif job.kind == "candidates":
+        train_experiment("baseline", cfg, data)  # the SEED-0 baseline notebooks 00-04 set beside their runs
         study.train_candidates(cfg, data, teacher)
     elif job.kind == "final-baseline":
         _, record = train_experiment("baseline", study.with_seed(session.final_config(), job.arg), data,
@@ -338,17 +340,22 @@ COMPARED_ROLES = ("baseline", "method", "ablation", "final-baseline", "final")
 
 
 def audit(
-    records: list, sweeps_dir: Path, seeds=study.STUDY_SEEDS, min_trials: int = 16
+    records: list, sweeps_dir: Path, seeds=study.STUDY_SEEDS, min_trials: int = 16, jobs_left: list[str] | None = None
 ) -> list[tuple[str, bool, str]]:
-    """``(check, passed, detail)`` over the records of a study and its sweeps' trial files: one machine class
-    per comparison (records sharing a pairing key), every compared run on all ``seeds``, ``min_trials`` trials
-    per sweep with the default as trial 0 and one machine class, few-label baselines that walked labels only."""
+    """``(check, passed, detail)`` over the records of a study and its sweeps' trial files: every job finished
+    (``jobs_left``, when given: a job not run has no records, so the checks below would not miss it), one machine
+    class per comparison (records sharing a pairing key), every compared run on all ``seeds``, ``min_trials``
+    trials per sweep with the default as trial 0 and one machine class, few-label baselines that walked labels
+    only."""
     from .comparison import group_runs
     from .evidence import Evidence
 
     evidence = Evidence(records)
     compared = [r for r in records if r.role in COMPARED_ROLES and r.seed in seeds]
     checks = []
+    if jobs_left is not None:
+        left = f"{len(jobs_left)} left: {', '.join(jobs_left)}" if jobs_left else "all"
+        checks.append(("every job of the study finished", not jobs_left, left))
     by_key: dict[tuple, list] = {}
     for r in compared:
         by_key.setdefault(r.pairing_key(), []).append(r)

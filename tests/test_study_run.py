@@ -168,6 +168,24 @@ def test_each_kind_of_job_makes_its_notebooks_calls_and_appends_its_records(tmp_
     assert {("logit@10%labels", 1), ("teacher@10%labels", 0), ("logit-semi@10%labels", 1)} <= names
 
 
+def test_every_run_the_notebooks_open_at_seed_0_is_trained_by_a_job(tmp_path, monkeypatch):
+    """Notebooks 00-04 set their SEED-0 runs beside a seed-0 baseline: the 01-03 job trains it, so that `make study`
+    finds it finished (and trained on the 15-epoch comparison's machine class) rather than training it then."""
+    from kd_utils import notebook
+    from kd_utils.runs import run_dir
+
+    small = {**notebook.PROFILES["smoke"], "train_size": 300, "val_size": 100, "test_size": 100, "epochs": 1}
+    monkeypatch.setitem(notebook.PROFILES, "smoke", small)
+    monkeypatch.setattr(study, "CANDIDATES", ("logit",))
+    out = str(tmp_path / "out")
+    study_run.run_job(study_run.runner_jobs()[0], "smoke", "fashion-mnist", out, None, sweep_only=True)
+    [candidates] = [j for j in study_run.runner_jobs() if j.kind == "candidates"]
+    study_run.run_job(candidates, "smoke", "fashion-mnist", out, None, sweep_only=True)
+    for name in ("00_baseline", "01_logit_distillation", "04_final_run"):
+        session = notebook.setup(name, "smoke", "fashion-mnist", output_dir=out, use_drive=False, log=None)
+        assert (run_dir(session.cfg, "baseline") / "last.pt").exists(), name
+
+
 def test_the_study_trains_in_fp32_everywhere_and_keeps_its_stored_teacher(monkeypatch):
     from kd_utils.config import from_flags
     from kd_utils.notebook import setup
@@ -228,6 +246,10 @@ def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
         "one machine class: 30 epochs, 1 of the labels (19 runs)"
     ]
     assert study_run.format_audit([]).startswith("nothing to check")
+    assert "every job of the study finished" not in dict((w, ok) for w, ok, _ in study_run.audit(records, sweeps))
+    left = study_run.audit(records, sweeps, jobs_left=["05-at", "04-final-1"])[0]
+    assert left == ("every job of the study finished", False, "2 left: 05-at, 04-final-1")
+    assert study_run.audit(records, sweeps, jobs_left=[])[0] == ("every job of the study finished", True, "all")
 
 
 def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
