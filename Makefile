@@ -63,8 +63,11 @@ study-ready: | setup
 $(ARCHIVED): | study-ready
 	mkdir -p $(@D) && mv results/fashion-mnist/runs.json $@
 
-checkpoints/notebooks/%.ipynb: | setup data study-ready $(ARCHIVED)  # fp32: study.STUDY_PRECISION, as `study run`
-	KD_PROFILE=full KD_DATASET=fashion-mnist KD_PRECISION=fp32 $(VENV)/bin/jupyter nbconvert --to notebook --execute \
+# fp32: study.STUDY_PRECISION, as `study run`; a KD_SEED, KD_EPOCHS or KD_OUTPUT_DIR left in the shell is emptied
+# (the notebook's own value), or the notebooks would open other runs than the jobs trained
+checkpoints/notebooks/%.ipynb: | setup data study-ready $(ARCHIVED)
+	KD_PROFILE=full KD_DATASET=fashion-mnist KD_PRECISION=fp32 KD_SEED= KD_EPOCHS= KD_OUTPUT_DIR= \
+	  $(VENV)/bin/jupyter nbconvert --to notebook --execute \
 	  --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.store_widget_state=False \
 	  --output-dir checkpoints/notebooks notebooks/$*.ipynb
 
