@@ -42,7 +42,7 @@ test: setup data postgres  # unit tests and, beside them, as without the optiona
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
 
 test-suite:
-	MPLBACKEND=Agg $(PY) -m pytest -q --basetemp=$$(mktemp -d)/pytest tests
+	MPLBACKEND=Agg $(PY) -m pytest -q --durations=15 --basetemp=$$(mktemp -d)/pytest tests
 
 test-suite-without:  # as on a machine without optuna, timm and tensorboard: their imports fail, their tests skip
 	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider \
