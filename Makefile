@@ -42,11 +42,12 @@ test: setup data postgres  # unit tests and, beside them, as without the optiona
 	  $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env notebooks
 
 test-suite:
-	MPLBACKEND=Agg $(PY) -m pytest -q --durations=15 --basetemp=$$(mktemp -d)/pytest tests
+	tmp=$$(mktemp -d); MPLBACKEND=Agg $(PY) -m pytest -q --durations=15 --basetemp=$$tmp/pytest tests; \
+	  code=$$?; rm -rf $$tmp; exit $$code
 
 test-suite-without:  # as on a machine without optuna, timm and tensorboard: their imports fail, their tests skip
-	KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider \
-	  --basetemp=$$(mktemp -d)/pytest tests
+	tmp=$$(mktemp -d); KD_TEST_WITHOUT=optuna,timm,tensorboard MPLBACKEND=Agg $(PY) -m pytest -q \
+	  -p no:cacheprovider --basetemp=$$tmp/pytest tests; code=$$?; rm -rf $$tmp; exit $$code
 
 # Each notebook is executed into checkpoints/notebooks/ (written when it finishes); one already there is not
 # run again, so after an interruption `make study` goes on with the first unfinished notebook, which resumes
@@ -55,12 +56,17 @@ STUDY_DONE := $(patsubst notebooks/%,checkpoints/notebooks/%,$(wildcard notebook
 
 # Before the first notebook: `study check` must pass (every job of `study run` finished, the audit's checks), and
 # protocol 1's records move to results/fashion-mnist/archive/ once, so that the notebooks' records are the re-run's.
+# The move checks the file is protocol 1's (its SHA-256; tests/test_structure.py checks the constant), so that a
+# clone without the archive never files the re-run's records under protocol 1's name.
 ARCHIVED := results/fashion-mnist/archive/protocol-1-runs.json
+PROTOCOL_1_SHA256 := 43755a9043ec11f05a93fd50d197275b25fc7fc8b913048037bcdaf8ab7f84ab
 
 study-ready: | setup
 	$(PY) -m kd_utils study check
 
 $(ARCHIVED): | study-ready
+	@echo "$(PROTOCOL_1_SHA256)  results/fashion-mnist/runs.json" | sha256sum --check --status - || { echo \
+	  "results/fashion-mnist/runs.json is not protocol 1's records: restore $@ from git, not move this file"; exit 1; }
 	mkdir -p $(@D) && mv results/fashion-mnist/runs.json $@
 
 # fp32: study.STUDY_PRECISION, as `study run`; a KD_SEED, KD_EPOCHS or KD_OUTPUT_DIR left in the shell is emptied

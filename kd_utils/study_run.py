@@ -314,8 +314,9 @@ def restore_sigint() -> None:
 
 def status(progress: Progress) -> str:
     """Markdown: the jobs done (machine class, wall hours over all their sessions, when), each comparison's machine
-    class, the jobs left and the hours spent on them so far. A job entered before stretches were kept (2026-12-02)
-    counts its last session only; a sweep's trials file holds each trial's own seconds."""
+    class, the jobs left and the hours spent on them so far. A job begun before stretches were kept (2026-12-01:
+    teacher, sweep-logit, sweep-dist) counts its later sessions only; a sweep's trials file holds every trial's
+    own seconds."""
     state = progress.load()
     jobs, stretches = state["jobs"], state.get("stretches", {})
     lines = ["| job | machine class | CPU flags | wall hours | sessions | finished |", "|---|---|---|---|---|---|"]

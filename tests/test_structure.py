@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +143,16 @@ def test_sigint_during_a_real_run_leaves_what_finished(tmp_path):
     assert [r.role for r in load_records(results)] == ["teacher", "baseline"]
 
 
+def protocol_1_records() -> Path:
+    """The stored study's records (protocol 1): results/fashion-mnist/runs.json until `make study` files them
+    under archive/ for the re-run's, checked by the SHA-256 the Makefile's move checks."""
+    archived = ROOT / "results" / "fashion-mnist" / "archive" / "protocol-1-runs.json"
+    path = archived if archived.exists() else ROOT / "results" / "fashion-mnist" / "runs.json"
+    expected = re.search(r"^PROTOCOL_1_SHA256 := (\w+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected, path
+    return path
+
+
 def test_the_stored_study_runs_keep_their_checkpoint_folders():
     """Run folders are named by a hash of the settings that shape a run; adding a setting at a value that
     changes nothing (``DistillConfig.shaping_dict``) must not rename them, or the notebooks would retrain."""
@@ -150,7 +162,7 @@ def test_the_stored_study_runs_keep_their_checkpoint_folders():
     from kd_utils.config import from_dict
     from kd_utils.runs import run_dir
 
-    for r in load_records(ROOT / "results" / "fashion-mnist" / "runs.json"):
+    for r in load_records(protocol_1_records()):
         if r.role == "teacher":
             continue
         cfg = replace(from_dict(r.config), checkpoint_dir=str(ROOT / "checkpoints"))  # recorded in another clone
