@@ -344,7 +344,7 @@ def audit(
     records: list, sweeps_dir: Path, seeds=study.STUDY_SEEDS, min_trials: int = 16, jobs_left: list[str] | None = None
 ) -> list[tuple[str, bool, str]]:
     """``(check, passed, detail)`` over the records of a study and its sweeps' trial files: every job finished
-    (``jobs_left``, when given: a job not run has no records, so the checks below would not miss it), one machine
+    (``jobs_left``, when given: a job not run leaves no records for the checks below to find missing), one machine
     class per comparison (records sharing a pairing key), every compared run on all ``seeds``, ``min_trials``
     trials per sweep with the default as trial 0 and one machine class, few-label baselines that walked labels
     only."""
