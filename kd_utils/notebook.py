@@ -209,7 +209,7 @@ def setup(
     ``KD_PROFILE``, ``KD_DATASET``, ``KD_SEED``, ``KD_EPOCHS``, ``KD_PRECISION``, ``KD_OUTPUT_DIR`` and
     ``KD_DATA_DIR`` (from ``environ``, default ``os.environ``) override the parameters. In Colab with
     ``use_drive``, Google Drive is mounted and outputs go to ``output_dir`` or ``DRIVE_DIR``, so a new runtime
-    resumes from its checkpoints and notebooks 01-04 reuse the teacher of 00 (the datasets stay on the
+    resumes from its checkpoints and notebooks 01-05 reuse the teacher of 00 (the datasets stay on the
     runtime's disk unless ``data_dir`` says otherwise). Prints the run-info line and where outputs go.
 
     Args:

@@ -1,9 +1,10 @@
 """The study's protocol, written once: which runs it trains, in which order, at which setting, paired with which
-baseline, shown in which notebook. Notebooks 04 and 05, ``run --experiment study``, ``make sweeps`` and
-``benchmarks/gpu_study.py`` all read it from here.
+baseline, shown in which notebook. Notebooks 04 and 05, ``study run`` (``study_run.py``), ``run --experiment
+study``, ``make sweeps`` and ``benchmarks/gpu_study.py`` all read it from here.
 
 Pairing is the records' (``RunRecord.pairing_key``: same data stream, student, length and label budget, then by
-training seed): every method run below is compared with the labels-only run of its own length and budget.
+training seed): every method run below is compared with the labels-only run of its own length and budget; an
+ablation is read against the whole run it takes a part from (``comparison.ablation_rows``).
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ LOGIT_METHODS = ("logit", "dist", "logit+ls", "dist+ls")
 FEW_LABEL_FRACTIONS = (0.1, 0.01)  # notebook 05's few-label runs: the fraction of training labels kept
 SEMI_SUPERVISED = "-semi"  # name suffix of few-label runs distilled from a teacher trained on those labels alone
 # the order the study's sweeps run in: the logit-based methods and their standardized variants first (the few-label
-# runs and the final run need them), then the feature terms; a study cut short has its most-read sweeps done
+# runs need them; 04's final run waits for the logit, hidden and regressor sweeps, 01-03's candidates), then the
+# feature terms; a study cut short has its most-read sweeps done
 SWEEP_ORDER = ("logit", "dist", "dkd", "logit+ls", "dist+ls", "dkd+ls", "logit+regressor", "fitnets", "hidden",
                "regressor", "at", "rkd", "logit+hidden")  # fmt: skip
 SWEEP_DATASET = "fashion-mnist"  # the stored study's data set
 SWEEP_SEED = 0  # the sweeps' training seed
 # per method: 16 trials at the study's length (complete or pruned), the default setting first, TPE after a random
-# third, trials below the median of earlier ones at an epoch stopped there (the stored study's were 6 random trials
+# third, trials below the median of earlier ones at an epoch stopped there, once 5 trials are complete and after the
+# first third of the epochs (``sweep.make_pruner``; the stored study's were 6 random trials
 # of 5 epochs). A worker may start up to 48, so that trials that diverge (failed: not counted) are made up for
 # before it scores the choice; the cap of 16 ends it.
 SWEEP_SETTINGS = {"epochs": STUDY_EPOCHS, "max_trials": 16, "trials": 48, "pruner": "median"}
@@ -286,7 +289,7 @@ def few_label_runs(
     Labels-only runs walk the labeled images alone (``runs.training_data``), validation keeps the same fraction
     of its images (``prepare_data``). ``method`` learns from the all-label ``teacher`` (named as usual) and, with
     ``semi_supervised``, from a teacher trained on the labeled fraction alone (``teacher@<f>labels``; the
-    students ``<method>-semi@<f>labels``): the setting in which no label beyond the fraction is ever seen.
+    students ``<method>[-tuned]-semi@<f>labels``): the setting in which no label beyond the fraction is ever seen.
     """
     records = []
     for fraction in fractions or FEW_LABEL_FRACTIONS:

@@ -17,6 +17,7 @@ import pytest
 from kd_utils import study, study_run, teacher_choice
 from kd_utils.config import ExperimentConfig
 from kd_utils.data import DataConfig, prepare_data
+from kd_utils.distill import STUDENT_METHODS
 from kd_utils.records import RunRecord
 from kd_utils.results import load_records
 from kd_utils.runs import identity
@@ -57,6 +58,8 @@ def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
     names = [j.name for j in jobs]
     assert names[:4] == ["teacher", "sweep-logit", "sweep-dist", "sweep-dkd"]
     assert names.index("sweep-logit+hidden") < names.index("05-baseline")  # a comparison starts after every sweep
+    # notebook 05 compares every method: one without its jobs would train there, at `make study`
+    assert {f"sweep-{m}" for m in STUDENT_METHODS} | {f"05-{m}" for m in STUDENT_METHODS} <= set(names)
     assert all(set(j.needs) <= set(names[:i]) for i, j in enumerate(jobs))  # each job's needs run before it
     assert set(jobs[names.index("05-ablations")].needs) == {"05-logit+regressor", "05-fitnets"}
     assert set(jobs[names.index("05-few-0.1")].needs) == {"05-logit", "05-dist", "05-logit+ls", "05-dist+ls"}
@@ -198,6 +201,7 @@ def test_the_study_trains_in_fp32_everywhere_and_keeps_its_stored_teacher(monkey
     assert (stored / run_dir(session.cfg, "teacher").name / "best.pt").exists()  # the teacher trained at "auto"
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert f"KD_PRECISION={study.STUDY_PRECISION}" in makefile  # make study opens the runs `study run` trained
+    assert "KD_SEED= KD_EPOCHS= KD_OUTPUT_DIR=" in makefile  # a shell's leftovers cannot point it at other runs
     with pytest.raises(ValueError, match="--teacher-precision fp64: choose from"):
         from_flags({"teacher-precision": "fp64"}).validate()
 
