@@ -214,8 +214,11 @@ def setup(
 
     Args:
         notebook: the notebook's name, e.g. "00_baseline" (the key of its entry in notebooks.json).
-        profile: "full" (the study) or "smoke" (the same cells on a small slice).
-        seed: the training seed (weight init, batch order, augmentation); the data split keeps its own.
+        profile: "full" (the study's settings; the stored study also ran at ``precision`` fp32,
+            ``study.STUDY_PRECISION``) or "smoke" (the same cells on a small slice).
+        seed: the training seed (weight init, batch order, augmentation) of the teacher and of 00-03's runs; the
+            compared runs (04's final pair, 05) train on the profile's ``Session.seeds`` (full: 1-5). The data
+            split keeps its own.
         epochs: the students' epochs; None keeps the profile's.
         precision: autocast precision: auto | fp32 | bf16 | fp16.
         output_dir: where results/, Pictures/ and checkpoints/ go; None: see ``study_paths``.
