@@ -514,7 +514,9 @@ def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeac
         return summary
     summary.update(best=trial_row(best), replay=replay_command(plan.method, with_values(plan.cfg, best.params)))
     names = important_params(study, plan.space)
-    fig = validation_map(rows, plan.space, names[:2], f"{plan.name}: validation macro F1 of {len(rows)} trials")
+    complete = sum(r["state"] == "COMPLETE" for r in rows)  # the map draws these (pruned and cut ones: no best F1)
+    title = f"{plan.name}: validation macro F1, the {complete} complete trials of {len(rows)}"
+    fig = validation_map(rows, plan.space, names[:2], title)
     summary["figure"] = save_figure(fig, plan.results_dir / f"{plan.name}.png")
     plt.close(fig)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
