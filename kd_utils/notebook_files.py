@@ -1,7 +1,7 @@
 """The stored notebooks' upkeep: their Colab badges and install cells, generated from the one repository URL in
 ``pyproject.toml`` (``[project.urls] Repository``), and no stale widget state. ``python -m kd_utils.notebook sync``
 writes each notebook's badge and install cell, ``check`` lists the notebooks that disagree or carry widget state
-(stale tqdm widgets), ``strip`` removes it.
+(stale tqdm widgets), ``strip`` removes it (and the ``rerun-pending`` tag of each cell that has since run).
 """
 
 from __future__ import annotations
@@ -154,6 +154,28 @@ def without_widgets(nb: dict) -> dict:
     return nb
 
 
+# --- cells the stored execution predates ---------------------------------------------------------------------
+
+PENDING_TAG = "rerun-pending"  # a cell added for the re-run, unexecuted in the stored (protocol 1) execution
+
+
+def pending_tags_left(nb: dict) -> int:
+    """How many cells that ran still carry ``PENDING_TAG``."""
+    return sum(c.get("execution_count") is not None and PENDING_TAG in c.get("metadata", {}).get("tags", [])
+               for c in nb["cells"])  # fmt: skip
+
+
+def without_pending_tags(nb: dict) -> dict:
+    """``nb`` with ``PENDING_TAG`` dropped from every cell that ran (``make study``'s execution ran them all)."""
+    for cell in nb["cells"]:
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell.get("execution_count") is not None and PENDING_TAG in tags:
+            tags.remove(PENDING_TAG)
+            if not tags:
+                del cell["metadata"]["tags"]
+    return nb
+
+
 def ipynb_files(paths: Sequence[str | Path]) -> list[Path]:
     """The notebooks at ``paths``: a file as it is, a folder's ``*.ipynb`` (sorted)."""
     files = []
@@ -173,15 +195,16 @@ def carrying_widgets(paths: Sequence[str | Path] = (NOTEBOOKS_DIR,)) -> list[Pat
 
 
 def strip(paths: Sequence[str | Path] = (NOTEBOOKS_DIR,)) -> list[Path]:
-    """Remove widget state from the notebooks at ``paths`` (files or folders), in place; returns those changed.
+    """Remove widget state, and the ``PENDING_TAG`` of cells that ran, from the notebooks at ``paths`` (files or
+    folders), in place; returns those changed.
 
-    Everything else, outputs and cell ids included, is kept; a notebook without widget state is not rewritten.
+    Everything else, outputs and cell ids included, is kept; a notebook with neither is not rewritten.
     """
     changed = []
     for path in ipynb_files(paths):
         nb = json.loads(path.read_text(encoding="utf-8"))
-        if widget_state(nb):
-            write_notebook(path, without_widgets(nb))
+        if widget_state(nb) or pending_tags_left(nb):
+            write_notebook(path, without_pending_tags(without_widgets(nb)))
             changed.append(path)
     return changed
 
@@ -194,8 +217,8 @@ def shown(path: Path) -> str:
 USAGE = """usage: python -m kd_utils.notebook sync | check | strip [PATHS]
   sync   write the notebooks' Colab badges and install cells from pyproject.toml's [project.urls] Repository
   check  list the notebooks that disagree with it or carry widget state (exit 1 if any)
-  strip  remove widget state (stale tqdm widgets) from the notebooks at PATHS, files or folders (default:
-         notebooks/), in place"""
+  strip  remove widget state (stale tqdm widgets), and the rerun-pending tags of cells that ran, from the
+         notebooks at PATHS, files or folders (default: notebooks/), in place"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "strip":
         try:
             for path in strip(paths or [NOTEBOOKS_DIR]):
-                print(f"stripped widget state from {shown(path)}")
+                print(f"stripped widget state and spent re-run tags from {shown(path)}")
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -44,7 +44,8 @@ def test_strip_removes_widget_state_and_keeps_the_text(tmp_path, capsys):
     path = tmp_path / "run.ipynb"
     path.write_text(json.dumps(with_widgets()))
     assert widget_state(with_widgets()) == 3 and carrying_widgets([tmp_path]) == [path]
-    assert notebook.main(["strip", str(path)]) == 0 and "stripped widget state from" in capsys.readouterr().out
+    assert notebook.main(["strip", str(path)]) == 0
+    assert "stripped widget state and spent re-run tags from" in capsys.readouterr().out
     nb = json.loads(path.read_text())
     assert widget_state(nb) == 0 and "widgets" not in nb["metadata"] and nb["metadata"]["kernelspec"]
     outputs = nb["cells"][1]["outputs"]
@@ -57,6 +58,23 @@ def test_strip_removes_widget_state_and_keeps_the_text(tmp_path, capsys):
     nbformat = pytest.importorskip("nbformat")
     nbformat.validate(nbformat.reads(written, as_version=4))
     assert written == nbformat.writes(nbformat.reads(written, as_version=4)) + "\n"  # nbformat's own layout
+
+
+def test_strip_drops_the_rerun_tag_of_cells_that_ran_only(tmp_path):
+    nb = with_widgets()
+    del nb["metadata"]["widgets"]
+    nb["cells"][1]["outputs"] = []
+    nb["cells"][1]["metadata"] = {"tags": [notebook.PENDING_TAG, "parameters"]}
+    unrun = {"cell_type": "code", "id": "c2", "metadata": {"tags": [notebook.PENDING_TAG]}, "execution_count": None,
+             "source": ["later()"], "outputs": []}  # fmt: skip
+    ran = {**unrun, "id": "c3", "metadata": {"tags": [notebook.PENDING_TAG]}, "execution_count": 2}
+    nb["cells"] += [unrun, ran]
+    path = tmp_path / "run.ipynb"
+    path.write_text(json.dumps(nb))
+    assert strip([path]) == [path]
+    cells = json.loads(path.read_text())["cells"]
+    assert [c["metadata"] for c in cells[1:]] == [{"tags": ["parameters"]}, {"tags": [notebook.PENDING_TAG]}, {}]
+    assert strip([path]) == []  # an unexecuted cell keeps its tag: nothing to strip
 
 
 def test_strip_refuses_what_is_not_a_notebook(tmp_path, capsys):
