@@ -249,7 +249,8 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
         outcome, seconds = run_subprocess(job, deadline, progress, log)
         state = progress.load()
         stretches = state.setdefault("stretches", {}).setdefault(job.name, [])
-        stretches.append({"machine": machine, "seconds": round(seconds), "ended": _now(), "outcome": outcome})
+        stretches.append({"machine": machine, "seconds": round(seconds), "ended": _now(), "outcome": outcome,
+                          "cpu_features": cpu_features()})  # fmt: skip
         if outcome == "ok":
             state["jobs"][job.name] = {"machine": machine, "seconds": sum(s["seconds"] for s in stretches),
                                        "stretches": len(stretches), "finished": _now(),
@@ -320,7 +321,7 @@ def status(progress: Progress) -> str:
     state = progress.load()
     jobs, stretches = state["jobs"], state.get("stretches", {})
     lines = ["| job | machine class | CPU flags | wall hours | sessions | finished |", "|---|---|---|---|---|---|"]
-    lines += [f"| {name} | {j['machine']} | {' '.join(j.get('cpu_features', ['not recorded']))} "
+    lines += [f"| {name} | {j['machine']} | {flag_sets(j, stretches.get(name, []))} "
               f"| {j['seconds'] / 3600:.2f} | {j.get('stretches', 'last only')} | {j['finished']} |"
               for name, j in jobs.items()]  # fmt: skip
     hours = sum(j["seconds"] for j in jobs.values()) / 3600
@@ -334,6 +335,15 @@ def status(progress: Progress) -> str:
     if begun:
         lines += ["begun, hours so far: " + ", ".join(f"{n} {s / 3600:.2f}" for n, s in begun.items())]
     return "\n".join(lines)
+
+
+def flag_sets(job: dict, stretches: list[dict]) -> str:
+    """The CPU flags of each session a finished job ran in, distinct ones joined by " / " (a job cut at a session's
+    end may finish on another EPYC). A stretch ended before they were kept with it (2026-12-05) reads "not
+    recorded", except the last: the job's own record, written when it finished, holds the flags of that session."""
+    recorded = [s.get("cpu_features") for s in stretches] or [None]
+    recorded[-1] = recorded[-1] if recorded[-1] is not None else job.get("cpu_features")
+    return " / ".join(dict.fromkeys(" ".join(f) if f is not None else "not recorded" for f in recorded))
 
 
 # --- the audit: what the issue's "done when" asks of the stored study ------------------------------------------

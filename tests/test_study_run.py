@@ -127,6 +127,30 @@ def test_a_job_counts_the_hours_of_every_session_it_ran_in(tmp_path, monkeypatch
     assert "| 1.75 | 3 |" in study_run.status(progress)
 
 
+def test_a_job_that_ran_on_two_cpus_shows_both_flag_sets(tmp_path, monkeypatch):
+    """Cut on an EPYC with AVX2 only, finished on one with AVX512-BF16: the status names both, in order."""
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: True)
+    outcomes = iter([("stopped", 60.0), ("ok", 60.0)])
+    monkeypatch.setattr(study_run, "run_subprocess", lambda job, *_: next(outcomes) if job.name == "teacher"
+                        else ("stopped", 1.0))  # fmt: skip
+    progress = study_run.Progress(tmp_path / "study-v2")
+    for flags in (["avx2"], ["avx2", "avx512f", "avx512_bf16"]):
+        monkeypatch.setattr(study_run, "cpu_features", lambda flags=flags: flags)
+        study_run.run_queue(1.0, progress, log=lambda line: None)
+    state = progress.load()
+    assert [s["cpu_features"] for s in state["stretches"]["teacher"]] == [["avx2"], ["avx2", "avx512f", "avx512_bf16"]]
+    assert "| teacher | cpu: " in study_run.status(progress)
+    assert " | avx2 / avx2 avx512f avx512_bf16 | 0.03 | 2 |" in study_run.status(progress)
+
+
+def test_flags_of_stretches_kept_before_they_were_recorded_read_not_recorded():
+    job = {"cpu_features": ["avx2", "avx512f", "avx512_bf16"]}  # written when the job finished: its last stretch
+    assert study_run.flag_sets(job, [{}, {}]) == "not recorded / avx2 avx512f avx512_bf16"
+    assert study_run.flag_sets(job, []) == "avx2 avx512f avx512_bf16"  # a job from before stretches were kept
+    assert study_run.flag_sets({}, []) == "not recorded"
+    assert study_run.flag_sets(job, [{"cpu_features": ["avx2"]}, {}]) == "avx2 / avx2 avx512f avx512_bf16"
+
+
 @pytest.mark.slow
 def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apart(tmp_path, monkeypatch):
     from kd_utils.teacher import prepare_teacher
