@@ -65,8 +65,8 @@ class Job:
 
     name: str  # "04-final-1", "05-dist", "05-few-0.1", "sweep-logit"
     notebook: str  # the notebook that shows its runs
-    kind: str  # teacher | sweep | candidates | final-baseline | compare | ablations | final | few-labels
-    arg: int | float | str | None = None  # the seed (final runs), method (compare, sweep) or label fraction
+    kind: str  # teacher | sweep | candidates | final-baseline | compare | seed | ablations | final | few-labels
+    arg: int | float | str | None = None  # the seed (final runs, seed), method (compare, sweep) or label fraction
     needs: tuple[str, ...] = ()
 
 

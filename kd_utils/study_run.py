@@ -37,18 +37,21 @@ PROGRESS = "study-v2"  # results/<dataset>/<this>/: the re-run's records and job
 
 def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) -> list[study.Job]:
     """The study's jobs in the order one machine takes them: every sweep first (each fixes only its own trials'
-    machine class), then the 15-epoch comparison (baselines, each method at its sweep's setting, the ablations),
-    the few-label runs, 01-03's candidates and 04's 70-epoch pair. Each job's needs come before it."""
+    machine class), then the 15-epoch comparison one seed at a time (``05-seed-S``: the baseline, each method at
+    its sweep's setting and the ablations), the few-label runs, 01-03's candidates and 04's 70-epoch pair. Each
+    job's needs come before it.
+
+    Seed by seed, not method by method: the teacher's outputs are cached per seed (``teacher_cache``) on a disk
+    that a session does not keep, so a job over one seed computes them once for all its runs, where a job over
+    one method and five seeds computed five seeds' outputs again every session (75 teacher epochs: 2.5 h on the
+    AVX2 EPYC, more than a method's 75 student-epochs)."""
     job = study.Job
     jobs = [job("teacher", "00_baseline", "teacher")]
     jobs += [job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in study.SWEEP_ORDER]
-    jobs += [job("05-baseline", "05_method_comparison", "baselines", None, ("teacher",))]
-    jobs += [job(f"05-{m}", "05_method_comparison", "compare", m, (f"sweep-{m}", "05-baseline"))
-             for m in study.SWEEP_ORDER]  # fmt: skip
-    jobs += [job("05-ablations", "05_method_comparison", "ablations", None,
-                 tuple(f"05-{a.of}" for a in study.ABLATIONS))]  # fmt: skip
-    logit = tuple(f"05-{m}" for m in study.LOGIT_METHODS)
-    jobs += [job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, logit) for f in fractions]
+    sweeps = tuple(f"sweep-{m}" for m in study.SWEEP_ORDER)
+    jobs += [job(f"05-seed-{s}", "05_method_comparison", "seed", s, sweeps) for s in seeds]
+    compared = tuple(f"05-seed-{s}" for s in seeds)
+    jobs += [job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, compared) for f in fractions]
     jobs += [job("01-03", "04_final_run", "candidates", None, tuple(f"sweep-{m}" for m in study.CANDIDATES))]
     jobs += [job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
     jobs += [job(f"04-final-{s}", "04_final_run", "final", s, ("01-03",)) for s in seeds]
@@ -151,13 +154,14 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
         _append(records_path, teacher.record)
         if not sweep_only:
             study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)  # the 15-epoch baselines
-    elif job.kind == "baselines":
-        study.compare_methods(cfg, data, teacher, [], seeds, sweeps, records_path)
     elif job.kind == "sweep":  # swept above; then its method's comparison (the GPU study's jobs)
         if not sweep_only:
             study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
     elif job.kind == "compare":
         study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
+    elif job.kind == "seed":  # notebook 05's two calls, for one seed: every run of it reads one teacher stream
+        study.compare_methods(cfg, data, teacher, list(study.SWEEP_ORDER), [job.arg], sweeps, records_path)
+        study.ablation_runs(cfg, data, teacher, study.ABLATIONS, [job.arg], sweeps, records_path)
     elif job.kind == "ablations":
         study.ablation_runs(cfg, data, teacher, study.ABLATIONS, seeds, sweeps, records_path)
     elif job.kind == "candidates":
@@ -183,6 +187,8 @@ def tuned_methods(job: study.Job) -> list[str]:
     """The methods whose sweep's choice ``job`` trains at."""
     if job.kind in ("compare", "sweep"):
         return [job.arg]
+    if job.kind == "seed":
+        return list(study.SWEEP_ORDER)
     if job.kind == "ablations":
         return [a.of for a in study.ABLATIONS]
     return list(study.LOGIT_METHODS) if job.kind == "few-labels" else []
