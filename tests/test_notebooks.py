@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from kd_utils.notebook_files import PENDING_TAG as PENDING
+
 nbformat = pytest.importorskip("nbformat")  # jupyter's: absent on a bare GPU machine, where the rest still runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,6 @@ RUN_INFO = re.compile(
 )
 WALL_TIME = re.compile(r"notebook wall time: \d+ s \| profile: (\w+)")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|tmp|home|root|content|Users|var|private)/")
-PENDING = "rerun-pending"  # kd_utils.notebook_files.PENDING_TAG
 PARAMETERS = {"PROFILE": "full", "DATASET": "cifar10", "SEED": 0, "EPOCHS": None, "PRECISION": "auto",
               "OUTPUT_DIR": None, "USE_DRIVE": True, "DATA_DIR": None}  # fmt: skip
 
