@@ -9,11 +9,11 @@ the stored execution is protocol 1's (its records still in results/fashion-mnist
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 from pathlib import Path
 
 import pytest
+from conftest import is_protocol_1_records  # the Makefile's hash of the stored records
 
 from kd_utils.notebook_files import PENDING_TAG as PENDING
 
@@ -66,9 +66,7 @@ def read(path):
 def protocol_1_execution_stored() -> bool:
     """True while results/fashion-mnist/runs.json is protocol 1's (the SHA-256 the Makefile's move checks): the
     stored notebooks are that study's execution until `make study` re-executes them on the re-run."""
-    runs = ROOT / "results" / "fashion-mnist" / "runs.json"
-    expected = re.search(r"^PROTOCOL_1_SHA256 := (\w+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
-    return runs.exists() and hashlib.sha256(runs.read_bytes()).hexdigest() == expected
+    return is_protocol_1_records(ROOT / "results" / "fashion-mnist" / "runs.json")
 
 
 def pending(cell) -> bool:

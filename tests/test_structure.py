@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import is_protocol_1_records  # the Makefile's hash of the stored records
 
 from kd_utils import cli
 from kd_utils.records import LABELS_ONLY, ROLES, RunRecord
@@ -148,8 +147,7 @@ def protocol_1_records() -> Path:
     under archive/ for the re-run's, checked by the SHA-256 the Makefile's move checks."""
     archived = ROOT / "results" / "fashion-mnist" / "archive" / "protocol-1-runs.json"
     path = archived if archived.exists() else ROOT / "results" / "fashion-mnist" / "runs.json"
-    expected = re.search(r"^PROTOCOL_1_SHA256 := (\w+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected, path
+    assert is_protocol_1_records(path), path
     return path
 
 
