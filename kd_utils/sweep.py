@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optuna
 from filelock import FileLock
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
 from .config import ExperimentConfig
@@ -384,8 +384,8 @@ def _axis(ax, param: Param, values: list, which: str) -> list:
         if param.log:
             getattr(ax, f"set_{which}scale")("log")
             axis = getattr(ax, f"{which}axis")
-            axis.set_major_formatter(ScalarFormatter())  # 3, not 3x10^0
-            axis.set_minor_formatter(ScalarFormatter())  # a range within one decade has only minor ticks
+            axis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))  # 10, not 10^1 or 10.0
+            axis.set_minor_formatter(FuncFormatter(_minor_log_label))  # a range within a decade has only minors
         return values
     ticks = list(param.choices)
     getattr(ax, f"set_{which}ticks")(range(len(ticks)), [str(v) for v in ticks])
@@ -393,10 +393,18 @@ def _axis(ax, param: Param, values: list, which: str) -> list:
     return [ticks.index(v) for v in values]
 
 
+def _minor_log_label(value: float, _pos=None) -> str:
+    """Minor ticks of a log axis labelled at mantissas 2, 3 and 5 only: 1 2 3 5 10, not 1 2 3 4 5 6 7 8 9 10."""
+    mantissa = value / 10 ** np.floor(np.log10(value) + 1e-9)
+    return f"{value:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 3, 5)) else ""
+
+
 def validation_map(rows: list[dict], space: list[Param], names: list[str], title: str = "", ax=None) -> plt.Figure:
     """Validation macro F1 of every complete trial over the two most important settings (one: F1 against it);
-    the chosen trial is starred."""
+    the chosen trial is starred. Pruned trials are grey crosses at their settings (two settings) or ticks along
+    the bottom (one): where the search went, without an F1 (they stopped early, so theirs is not comparable)."""
     fig, ax = plt.subplots(figsize=(6, 4.5)) if ax is None else (ax.figure, ax)
+    pruned = [r for r in rows if r["state"] == "PRUNED"]
     rows = [r for r in rows if r["state"] == "COMPLETE"]
     by_name = {p.name: p for p in space}
     f1 = np.array([r["best_val_f1"] for r in rows])
@@ -408,12 +416,21 @@ def validation_map(rows: list[dict], space: list[Param], names: list[str], title
         points = ax.scatter(x, y, c=f1, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
         fig.colorbar(points, ax=ax, label="validation macro F1")
         ax.set_ylabel(names[1])
+        if pruned:
+            ax.scatter(_axis(ax, by_name[names[0]], [r["params"][names[0]] for r in pruned], "x"),
+                       _axis(ax, by_name[names[1]], [r["params"][names[1]] for r in pruned], "y"),
+                       marker="x", s=40, color="0.5", label=f"pruned ({len(pruned)})", zorder=1)  # fmt: skip
     else:
         y = list(f1)
         ax.scatter(x, y, s=40, color="tab:blue")
         ax.set_ylabel("validation macro F1")
+        if pruned:
+            ax.scatter(_axis(ax, by_name[names[0]], [r["params"][names[0]] for r in pruned], "x"), [0.03] * len(pruned),
+                       transform=ax.get_xaxis_transform(), marker="|", s=120, color="0.5",
+                       label=f"pruned ({len(pruned)})")  # fmt: skip
     if best is not None:
         ax.scatter([x[best]], [y[best]], marker="*", s=300, color="tab:red", label="chosen", zorder=3)
+    if best is not None or pruned:
         ax.legend(loc="best")
     ax.set_title(title)
     return fig
@@ -514,8 +531,8 @@ def finish_sweep(plan: SweepPlan, study: optuna.Study, data, teacher: FrozenTeac
         return summary
     summary.update(best=trial_row(best), replay=replay_command(plan.method, with_values(plan.cfg, best.params)))
     names = important_params(study, plan.space)
-    complete = sum(r["state"] == "COMPLETE" for r in rows)  # the map draws these (pruned and cut ones: no best F1)
-    title = f"{plan.name}: validation macro F1, the {complete} complete trials of {len(rows)}"
+    complete, pruned = (sum(r["state"] == state for r in rows) for state in ("COMPLETE", "PRUNED"))
+    title = f"{plan.name}: validation macro F1 of {complete} complete trials, {pruned} pruned"
     fig = validation_map(rows, plan.space, names[:2], title)
     summary["figure"] = save_figure(fig, plan.results_dir / f"{plan.name}.png")
     plt.close(fig)

@@ -443,3 +443,33 @@ def test_a_default_outside_the_range_is_not_enqueued(capsys, ckpt, tmp_path):
     saved = json.loads((results / "synthetic-logit-seed0.json").read_text())
     assert saved["default_trial"] == "not enqueued: temperature outside the searched range"
     assert 5 <= saved["trials"][0]["params"]["temperature"] <= 9
+
+
+def test_the_validation_map_shows_where_pruned_trials_went_and_labels_log_axes_sparsely():
+    """Complete trials are coloured by F1, pruned ones drawn as crosses at their settings (two settings) or ticks
+    along the bottom (one), never with an F1; a log axis over 1..10 labels 1 2 3 5 10, not every minor tick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    space = [search.parse_param("temperature=1:10:log"), search.parse_param("alpha=0.1:1.0")]
+
+    def row(number, state, temperature, alpha, f1):
+        return {"number": number, "state": state, "params": {"temperature": temperature, "alpha": alpha},
+                "best_val_f1": f1}  # fmt: skip
+
+    rows = [row(0, "COMPLETE", 4.0, 0.9, 0.91), row(1, "COMPLETE", 2.0, 0.5, 0.93), row(2, "PRUNED", 8.0, 0.2, None),
+            row(3, "PRUNED", 1.5, 0.7, None), row(4, "FAIL", 3.0, 0.3, None)]  # fmt: skip
+    fig = sweep.validation_map(rows, space, ["temperature", "alpha"])
+    ax = fig.axes[0]
+    by_label = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert by_label["pruned (2)"] == [[8.0, 0.2], [1.5, 0.7]]  # the cut (FAIL) trial is not drawn
+    assert by_label["chosen"] == [[2.0, 0.5]]
+    assert [len(offsets) for label, offsets in by_label.items() if label.startswith("_")] == [2]  # the F1 points
+    fig.canvas.draw()
+    shown = {t.get_text() for t in ax.xaxis.get_ticklabels(minor=True) + ax.xaxis.get_ticklabels() if t.get_text()}
+    assert {"2", "3", "5"} <= shown and not shown & {"4", "6", "7", "8", "9"}
+
+    fig = sweep.validation_map(rows, space[:1], ["temperature"])
+    by_label = {c.get_label(): c.get_offsets().tolist() for c in fig.axes[0].collections}
+    assert [x for x, _ in by_label["pruned (2)"]] == [8.0, 1.5]  # ticks in axes coordinates along the bottom
+    assert by_label["chosen"] == [[2.0, 0.93]]
