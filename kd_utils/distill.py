@@ -2,8 +2,8 @@
 into ``(loss, student_logits, parts)``, where ``parts`` names the detached loss terms for logging.
 
 The teacher's contribution is a dict of *targets* (``teacher_targets``): its logits, its stage maps pooled to a
-small size, or its full maps. Targets made only of logits and pooled maps are a function of the input batch
-alone, so the trainer may compute them once per data stream and reuse them (``kd_utils.teacher_cache``);
+small size, its attention maps, or its full maps. Targets other than full maps are a function of the input batch
+alone and small, so the trainer may compute them once per data stream and reuse them (``kd_utils.teacher_cache``);
 passing them in gives bit-identical results to computing them here.
 
 The trainer optimises every parameter that requires grad, so adapters (the regressors) train with the
@@ -37,7 +37,7 @@ from .losses import (
     RKD_DISTANCE_WEIGHT,
     SPATIAL_SIZE,
     FeatureRegressor,
-    attention_transfer_loss,
+    attention_map,
     dist_loss,
     dkd_loss,
     hidden_state_loss,
@@ -135,7 +135,7 @@ def pooled(x: Tensor, size: int) -> Tensor:
 class Distiller(nn.Module):
     """Base: the student trained with cross-entropy alone (the baseline).
 
-    Subclasses set ``needs``: which teacher targets they read (``logits``, ``pooled``, ``maps``).
+    Subclasses set ``needs``: which teacher targets they read (``logits``, ``pooled``, ``attention``, ``maps``).
 
     Training progress: ``fit`` calls ``start_epoch(epoch, steps_per_epoch)`` before each training epoch, with
     the 1-based epoch (on resume the real one, so a schedule resumes exactly). A method whose paper schedules a
@@ -169,10 +169,11 @@ class Distiller(nn.Module):
     @property
     def cacheable(self) -> bool:
         """True when every teacher target is a function of the batch that can be stored compactly."""
-        return bool(self.needs) and set(self.needs) <= {"logits", "pooled"}
+        return bool(self.needs) and set(self.needs) <= {"logits", "pooled", "attention"}
 
-    def target_spec(self) -> str:
-        """Names what ``teacher_targets`` returns, for the teacher cache (same spec, same tensors)."""
+    def target_spec(self, image_shape: tuple[int, ...] | None = None) -> str:
+        """Names what ``teacher_targets`` returns, for the teacher cache (same spec, same tensors). The cache
+        passes its images' ``(C, H, W)``, for targets whose size depends on it beyond the stream (attention)."""
         parts = list(self.needs)
         if "pooled" in parts:
             levels = "-".join(str(j) for _, j in self.pairs)
@@ -346,15 +347,57 @@ class DISTDistiller(Distiller):
 
 
 class AttentionDistiller(Distiller):
-    """``CE(s, y) + at_weight * sum_l w_l * AT_l``: attention transfer (Zagoruyko & Komodakis 2017)."""
+    """``CE(s, y) + at_weight * sum_l w_l * AT_l``: attention transfer (Zagoruyko & Komodakis 2017), each level's
+    ``mean_{b,x} (a_s - a_t)^2`` as ``losses.attention_transfer_loss``.
 
-    needs = ("maps",)
+    The teacher's side is its attention maps (``attention`` targets: 254 floats per 28 px image, where its stage
+    maps are 21,120), so the teacher cache can store them: each map pooled first to the level's compared size,
+    the smaller of the two maps' (per axis), which a one-image probe of both networks finds per image shape.
+    """
+
+    needs = ("attention",)
+
+    def __init__(self, student, teacher, cfg=None):
+        super().__init__(student, teacher, cfg)
+        self._level_sizes: dict[tuple[int, ...], list[tuple[int, int]]] = {}  # image shape -> per-level size
+
+    def level_sizes(self, image_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        """Per matched level, where student and teacher maps are compared on images of ``image_shape`` (C, H, W)."""
+        image_shape = tuple(image_shape)
+        if image_shape not in self._level_sizes:
+            probe = torch.zeros(1, *image_shape, device=next(self.student.parameters()).device)
+            modes = [(m, m.training) for m in self.student.modules()]
+            self.student.eval()  # a probe must not move BatchNorm statistics
+            with torch.no_grad():
+                s, t = self.student.forward_features(probe), self.teacher.forward_features(probe)
+            for module, training in modes:  # each module back in its own mode
+                module.training = training
+            self._level_sizes[image_shape] = [
+                (min(s[i].shape[2], t[j].shape[2]), min(s[i].shape[3], t[j].shape[3])) for i, j in self.pairs
+            ]
+        return self._level_sizes[image_shape]
+
+    def target_spec(self, image_shape: tuple[int, ...] | None = None) -> str:
+        levels = "-".join(str(j) for _, j in self.pairs)
+        sizes = "" if image_shape is None else "_" + "-".join(f"{h}x{w}" for h, w in self.level_sizes(image_shape))
+        return f"attention_p{self.cfg.at_p:g}_l{levels}{sizes}"
+
+    @torch.no_grad()
+    def teacher_targets(self, x: Tensor) -> dict[str, list[Tensor]]:
+        feats = self.teacher.forward_features(x)
+        sizes = self.level_sizes(x.shape[1:])
+        maps = [
+            attention_map(feats[j], size, self.cfg.at_p).unflatten(1, size) for (_, j), size in zip(self.pairs, sizes)
+        ]
+        return {"attention": maps}  # (B, H, W) each: the compared size travels with the map
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)
         weights = level_weights(self.cfg.level_weights, len(self.pairs))
-        levels = zip(weights, self.student_levels(feats), targets["maps"])
-        at = sum(w * attention_transfer_loss([s], [t], p=self.cfg.at_p) for w, s, t in levels)
+        levels = zip(weights, self.student_levels(feats), targets["attention"])
+        at = sum(
+            w * (attention_map(s, tuple(t.shape[1:]), self.cfg.at_p) - t.flatten(1)).pow(2).mean() for w, s, t in levels
+        )
         return ce + self.cfg.at_weight * at, {"ce": ce, "at": at}
 
 

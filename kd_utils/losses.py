@@ -362,9 +362,14 @@ def attention_transfer_loss(
     total = student_feats[0].new_zeros((), dtype=torch.float32)
     for s, t in zip(student_feats, teacher_feats):
         size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
-        s, t = (F.adaptive_avg_pool2d(x, size) if tuple(x.shape[2:]) != size else x for x in (s, t))
-        total = total + (_attention_map(s, p) - _attention_map(t, p)).pow(2).mean()
+        total = total + (attention_map(s, size, p) - attention_map(t, size, p)).pow(2).mean()
     return total
+
+
+def attention_map(x: Tensor, size: tuple[int, int], p: float = AT_P) -> Tensor:
+    """One side of ``attention_transfer_loss`` at one level: ``x`` adaptive-average-pooled to ``size`` (when it
+    is larger), then ``normalize(mean_c |x|^p)`` flattened, (B, C, H, W) -> (B, size[0] * size[1])."""
+    return _attention_map(F.adaptive_avg_pool2d(x, size) if tuple(x.shape[2:]) != tuple(size) else x, p)
 
 
 class FeatureRegressor(nn.Module):

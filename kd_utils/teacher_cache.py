@@ -3,13 +3,14 @@
 A *stream* is everything that fixes the batches a student sees: the teacher's weights, the dataset and its
 split, the batch size, the seed (batch order and augmentation), the precision and the device type. Runs on
 the same stream (logit KD, DKD, DIST, every sweep point over their settings) see the same images in the same
-order, so the teacher's logits and pooled maps for epoch ``e`` are the same tensors: computed by the first
-run that needs them, stored as ``epoch{e:03d}-{spec}.pt`` in the stream's folder, and loaded by the others.
-A reused target is the very tensor the teacher produced, so training is bit-identical to recomputing it.
+order, so the teacher's logits, pooled maps and attention maps for epoch ``e`` are the same tensors: computed by
+the first run that needs them, stored as ``epoch{e:03d}-{spec}.pt`` in the stream's folder, and loaded by the
+others. A reused target is the very tensor the teacher produced, so training is bit-identical to recomputing it.
 
 Size on disk per epoch: ``N x (K x 4 + sum_l C_l x s^2 x 4)`` bytes for N training images, K classes and
 pooled maps of C_l channels at s x s, all float32: 55,000 Fashion-MNIST images, logits alone 2.2 MB; with the
-three pooled stages of teacher_cnn at s = 1, 101 MB; at s = 4, 1.6 GB). An epoch's targets larger than
+three pooled stages of teacher_cnn at s = 1, 101 MB; at s = 4, 1.6 GB; its attention maps (14x14, 7x7, 3x3),
+56 MB). An epoch's targets larger than
 ``max_epoch_bytes`` (default 512 MB) are used but not stored: a 15-epoch, 3-seed study at s = 4 would
 otherwise fill 72 GB of disk to save a teacher forward pass per batch.
 """
@@ -57,7 +58,7 @@ class TeacherCache:
 
     def epoch_targets(self, distiller, loader: TensorLoader, dtype: torch.dtype) -> dict:
         """This epoch's targets (``loader.epoch`` set by the trainer): from disk, or computed and stored."""
-        path = self.path(loader.epoch, distiller.target_spec())
+        path = self.path(loader.epoch, distiller.target_spec(tuple(loader.images.shape[1:])))
         if path.exists():
             try:
                 stored = torch.load(path, map_location=loader.device, weights_only=True)

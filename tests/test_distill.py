@@ -3,6 +3,7 @@ and every method's loss is its formula of the logged parts."""
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import fields
@@ -29,6 +30,7 @@ from kd_utils.distill import (
 from kd_utils.losses import (
     CHANNEL_MATCHES,
     FEATURE_KINDS,
+    attention_transfer_loss,
     dist_loss,
     dkd_loss,
     kd_loss,
@@ -55,7 +57,7 @@ EXPECTED_PARTS = {
     **{ls: {"ce", "kd"} for ls in STANDARDIZED},  # logit standardization: the base methods' parts
 }
 ADAPTER_METHODS = ("regressor", "logit+regressor", "hint")
-CACHEABLE = {"logit", "hidden", "dkd", "dist", "rkd", "logit+hidden", *STANDARDIZED}  # needs within {logits, pooled}
+CACHEABLE = {"logit", "hidden", "dkd", "dist", "rkd", "logit+hidden", "at", *STANDARDIZED}  # no full maps needed
 # weights away from their defaults (and from 1), so a term weighed by the wrong field shows
 WEIGHTS = dict(alpha=0.3, temperature=2.0, feature_weight=2.5, regressor_weight=7.0, at_weight=30.0)
 
@@ -246,10 +248,11 @@ def test_passed_targets_give_exactly_the_inline_result(method, batch):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_cacheable_exactly_when_the_targets_are_logits_and_pooled_maps(method):
+def test_cacheable_exactly_when_the_targets_are_logits_pooled_maps_or_attention_maps(method):
     distiller, _, _ = make(method)
     assert distiller.cacheable == (method in CACHEABLE)
-    assert distiller.cacheable == (bool(distiller.needs) and set(distiller.needs) <= {"logits", "pooled"})
+    compact = {"logits", "pooled", "attention"}  # never the full stage maps
+    assert distiller.cacheable == (bool(distiller.needs) and set(distiller.needs) <= compact)
 
 
 def test_target_specs_name_what_is_stored():
@@ -261,10 +264,36 @@ def test_target_specs_name_what_is_stored():
         "hidden": "pooled1_l0-1-2",
         "rkd": "pooled1_l2",  # the last stage, globally pooled
         "logit+hidden": "logits+pooled1_l0-1-2",
+        "at": "attention_p2_l0-1-2",
         **{ls: "logits" for ls in STANDARDIZED},  # the teacher's raw logits: standardized in the loss
     }
     assert make("hidden", spatial_size=2)[0].target_spec() == "pooled2_l0-1-2"
     assert make("hidden", "resnet18")[0].target_spec() == "pooled1_l1-2-3"
+    # attention maps are stored at the size they are compared at, which the images' size sets (the cache passes it)
+    assert make("at")[0].target_spec((3, 32, 32)) == "attention_p2_l0-1-2_16x16-8x8-4x4"
+    assert make("at", at_p=4.0)[0].target_spec((3, 16, 16)) == "attention_p4_l0-1-2_8x8-4x4-2x2"
+
+
+@pytest.mark.parametrize("teacher_arch", ["teacher_cnn", "wrn_16_2"])
+def test_attention_targets_give_the_attention_transfer_loss_of_the_full_maps(teacher_arch):
+    """The teacher's side as stored attention maps gives the loss of ``attention_transfer_loss`` on the full
+    stage maps, also where the teacher's maps are larger (wrn_16_2's 32/16/8 against the student's 16/8/4:
+    pooled before the map is taken); the probe that finds those sizes leaves the student's state alone."""
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 32, 32)
+    distiller, student, teacher = make("at", teacher_arch, level_weights=(0.5, 1.0, 2.0))
+    distiller.train()
+    before = copy.deepcopy(student.state_dict())
+    targets = distiller.teacher_targets(x)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # BatchNorm statistics too
+    assert student.training and not teacher.training
+    assert [tuple(t.shape) for t in targets["attention"]] == [(6, 16, 16), (6, 8, 8), (6, 4, 4)]
+    student.eval()  # the same student maps for both sides of the comparison
+    s, t = student.forward_features(x), teacher.forward_features(x)
+    expected = sum(w * attention_transfer_loss([s[i]], [t[j]]) for w, (i, j) in zip((0.5, 1.0, 2.0), distiller.pairs))
+    _, parts = distiller.loss(student.forward_head(s[-1]), s, torch.zeros(6, dtype=torch.long), targets)
+    assert parts["at"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert expected.item() > 0
 
 
 def test_hidden_level_weights_select_levels(batch):

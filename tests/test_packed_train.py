@@ -203,3 +203,23 @@ def test_packed_members_equal_their_runs_apart_on_cuda(data, teacher):
     for (d, _), m, outcome in zip(apart, members, outcomes):
         assert outcome.finished
         assert_same_weights(d.student.cpu(), m.distiller.student.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_packed_attention_members_read_the_teacher_cache_like_apart_runs_compute_it(data, teacher, tmp_path):
+    """Attention transfer's teacher targets come from the cache in a pack (one file per epoch, computed by the
+    first run on the stream) and the members train as apart runs that compute them inline."""
+    from kd_utils.teacher_cache import TeacherCache
+
+    cfg = train_cfg(epochs=2)
+    stream = {"teacher": "test", "seed": 0, "batch_size": cfg.batch_size}
+    settings = (DistillConfig(at_weight=100.0), DistillConfig(at_weight=1000.0))
+    caches = [TeacherCache(tmp_path, stream) for _ in settings]
+    members = [Member(distiller("at", 0, st, teacher, data), cfg, None, f"m{i}", cache=c)
+               for i, (st, c) in enumerate(zip(settings, caches))]  # fmt: skip
+    outcomes = fit_packed(members, data)
+    assert sorted(p.name for p in caches[0].folder.glob("epoch*.pt")) == [
+        "epoch001-attention_p2_l0-1-2_8x8-4x4-2x2.pt", "epoch002-attention_p2_l0-1-2_8x8-4x4-2x2.pt"
+    ]  # fmt: skip
+    for st, outcome in zip(settings, outcomes):
+        d = distiller("at", 0, st, teacher, data)
+        assert_same_history(fit(d, data, cfg).history, outcome.result.history)

@@ -54,7 +54,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("method", ["logit", "hidden", "dkd"])
+@pytest.mark.parametrize("method", ["logit", "hidden", "dkd", "at"])
 def test_stored_targets_train_exactly_like_inline_ones(method, small_splits, train_cfg, tmp_path):
     cache = TeacherCache(tmp_path, STREAM)
     assert make(method).cacheable
