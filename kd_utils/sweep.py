@@ -407,27 +407,29 @@ def validation_map(rows: list[dict], space: list[Param], names: list[str], title
     pruned = [r for r in rows if r["state"] == "PRUNED"]
     rows = [r for r in rows if r["state"] == "COMPLETE"]
     by_name = {p.name: p for p in space}
+
+    def positions(trials: list[dict], axis: int) -> list:  # the trials' values of setting ``axis`` on that axis
+        return _axis(ax, by_name[names[axis]], [r["params"][names[axis]] for r in trials], "xy"[axis])
+
     f1 = np.array([r["best_val_f1"] for r in rows])
     best = int(np.argmax(f1)) if len(rows) else None
-    x = _axis(ax, by_name[names[0]], [r["params"][names[0]] for r in rows], "x")
+    x = positions(rows, 0)
     ax.set_xlabel(names[0])
+    label = f"pruned ({len(pruned)})"
     if len(names) > 1:
-        y = _axis(ax, by_name[names[1]], [r["params"][names[1]] for r in rows], "y")
+        y = positions(rows, 1)
         points = ax.scatter(x, y, c=f1, cmap="viridis", s=60, edgecolors="k", linewidths=0.5)
         fig.colorbar(points, ax=ax, label="validation macro F1")
         ax.set_ylabel(names[1])
         if pruned:
-            ax.scatter(_axis(ax, by_name[names[0]], [r["params"][names[0]] for r in pruned], "x"),
-                       _axis(ax, by_name[names[1]], [r["params"][names[1]] for r in pruned], "y"),
-                       marker="x", s=40, color="0.5", label=f"pruned ({len(pruned)})", zorder=1)  # fmt: skip
+            ax.scatter(positions(pruned, 0), positions(pruned, 1), marker="x", s=40, color="0.5", label=label, zorder=1)
     else:
         y = list(f1)
         ax.scatter(x, y, s=40, color="tab:blue")
         ax.set_ylabel("validation macro F1")
         if pruned:
-            ax.scatter(_axis(ax, by_name[names[0]], [r["params"][names[0]] for r in pruned], "x"), [0.03] * len(pruned),
-                       transform=ax.get_xaxis_transform(), marker="|", s=120, color="0.5",
-                       label=f"pruned ({len(pruned)})")  # fmt: skip
+            ax.scatter(positions(pruned, 0), [0.03] * len(pruned), transform=ax.get_xaxis_transform(), marker="|",
+                       s=120, color="0.5", label=label)  # fmt: skip
     if best is not None:
         ax.scatter([x[best]], [y[best]], marker="*", s=300, color="tab:red", label="chosen", zorder=3)
     if best is not None or pruned:
