@@ -28,6 +28,7 @@ CONFIG_FIELDS = {
         "spatial_size": "spatial_size",
     },  # fmt: skip
     "attention_transfer_loss": {"p": "at_p"},
+    "attention_map": {"p": "at_p"},  # one side of attention_transfer_loss (the teacher cache's targets)
     "rkd_loss": {"distance_weight": "rkd_distance_weight", "angle_weight": "rkd_angle_weight"},
     "regressor_loss": {"weights": "level_weights"},
     "soft_target_kl": {},  # temperature has no default
