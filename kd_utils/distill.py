@@ -127,9 +127,43 @@ def matched_levels(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(n_student - n + i, n_teacher - n + i) for i in range(n)]
 
 
-def pooled(x: Tensor, size: int) -> Tensor:
+def pooled(x: Tensor, size: int | tuple[int, int]) -> Tensor:
     """``(B, C, size, size)`` average-pooled map in float32 (the form the teacher cache stores)."""
     return F.adaptive_avg_pool2d(x.float(), size)
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """One tensor per image that a method reads from the teacher, small enough to store: its ``logits``; stage
+    ``level``'s map average-pooled to ``size`` (``pooled``); or that stage's attention map at ``size``, exponent
+    ``p`` (``attention``, ``losses.attention_map``). ``name`` names its teacher-cache file, so methods that read
+    the same output (logit KD, DKD and DIST the logits; hidden-state imitation and RKD a pooled last stage) share
+    one file."""
+
+    kind: str
+    level: int = -1
+    size: tuple[int, int] = (0, 0)
+    p: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if self.kind == "logits":
+            return "logits"
+        exponent = f"_p{self.p:g}" if self.kind == "attention" else ""
+        return f"{self.kind}{exponent}_l{self.level}_{self.size[0]}x{self.size[1]}"
+
+    def of(self, teacher: nn.Module, feats: list[Tensor]) -> Tensor:
+        """This output from the teacher's stage maps ``feats`` of one batch."""
+        if self.kind == "logits":
+            return teacher.forward_head(feats[-1]).float()
+        if self.kind == "pooled":
+            return pooled(feats[self.level], self.size)
+        return attention_map(feats[self.level], self.size, self.p).unflatten(1, self.size)  # (B, H, W)
+
+
+def each_output(outputs: dict) -> list[TeacherOutput]:
+    """``{"logits": a, "pooled": [b, c]}`` -> ``[a, b, c]``."""
+    return [o for v in outputs.values() for o in (v if isinstance(v, list) else [v])]
 
 
 class Distiller(nn.Module):
@@ -171,13 +205,22 @@ class Distiller(nn.Module):
         """True when every teacher target is a function of the batch that can be stored compactly."""
         return bool(self.needs) and set(self.needs) <= {"logits", "pooled", "attention"}
 
-    def target_spec(self, image_shape: tuple[int, ...] | None = None) -> str:
-        """Names what ``teacher_targets`` returns, for the teacher cache (same spec, same tensors). The cache
-        passes its images' ``(C, H, W)``, for targets whose size depends on it beyond the stream (attention)."""
-        parts = list(self.needs)
-        if "pooled" in parts:
-            levels = "-".join(str(j) for _, j in self.pairs)
-            parts[parts.index("pooled")] = f"pooled{self.pool_size}_l{levels}"
+    def teacher_outputs(self, image_shape: tuple[int, ...]) -> dict[str, TeacherOutput | list[TeacherOutput]]:
+        """The storable teacher outputs this method reads, on images of ``image_shape`` (C, H, W), in the form of
+        ``teacher_targets``: ``{"logits": output, "pooled": [one output per matched level]}``."""
+        out: dict[str, TeacherOutput | list[TeacherOutput]] = {}
+        if "logits" in self.needs:
+            out["logits"] = TeacherOutput("logits")
+        if "pooled" in self.needs:
+            size = (self.pool_size, self.pool_size)
+            out["pooled"] = [TeacherOutput("pooled", j, size) for _, j in self.pairs]
+        return out
+
+    def target_spec(self, image_shape: tuple[int, ...]) -> str:
+        """Names what ``teacher_targets`` returns on images of ``image_shape``: same spec, same tensors."""
+        parts = [o.name for o in each_output(self.teacher_outputs(image_shape))]
+        if "maps" in self.needs:
+            parts.append("maps_l" + "-".join(str(j) for _, j in self.pairs))
         return "+".join(parts)
 
     def train(self, mode: bool = True) -> Distiller:
@@ -192,11 +235,10 @@ class Distiller(nn.Module):
         if not self.needs:
             return {}
         feats = self.teacher.forward_features(x)
-        out: dict[str, Tensor | list[Tensor]] = {}
-        if "logits" in self.needs:
-            out["logits"] = self.teacher.forward_head(feats[-1]).float()
-        if "pooled" in self.needs:
-            out["pooled"] = [pooled(feats[j], self.pool_size) for _, j in self.pairs]
+        out = {
+            k: [o.of(self.teacher, feats) for o in v] if isinstance(v, list) else v.of(self.teacher, feats)
+            for k, v in self.teacher_outputs(tuple(x.shape[1:])).items()
+        }
         if "maps" in self.needs:
             out["maps"] = [feats[j] for _, j in self.pairs]
         return out
@@ -377,19 +419,10 @@ class AttentionDistiller(Distiller):
             ]
         return self._level_sizes[image_shape]
 
-    def target_spec(self, image_shape: tuple[int, ...] | None = None) -> str:
-        levels = "-".join(str(j) for _, j in self.pairs)
-        sizes = "" if image_shape is None else "_" + "-".join(f"{h}x{w}" for h, w in self.level_sizes(image_shape))
-        return f"attention_p{self.cfg.at_p:g}_l{levels}{sizes}"
-
-    @torch.no_grad()
-    def teacher_targets(self, x: Tensor) -> dict[str, list[Tensor]]:
-        feats = self.teacher.forward_features(x)
-        sizes = self.level_sizes(x.shape[1:])
-        maps = [
-            attention_map(feats[j], size, self.cfg.at_p).unflatten(1, size) for (_, j), size in zip(self.pairs, sizes)
-        ]
-        return {"attention": maps}  # (B, H, W) each: the compared size travels with the map
+    def teacher_outputs(self, image_shape: tuple[int, ...]) -> dict[str, list[TeacherOutput]]:
+        p = self.cfg.at_p
+        sizes = self.level_sizes(image_shape)
+        return {"attention": [TeacherOutput("attention", j, size, p) for (_, j), size in zip(self.pairs, sizes)]}
 
     def loss(self, logits, feats, y, targets):
         ce = masked_cross_entropy(logits, y)

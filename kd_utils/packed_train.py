@@ -375,9 +375,10 @@ def epoch_teacher_targets(members, streams, stream_of, dtype) -> dict:
     without a cache (or whose method needs the full maps) are computed step by step in ``PackedStep``."""
     out = {}
     for i, m in enumerate(members):
-        key = (stream_of[i], m.distiller.target_spec(), id(m.distiller.teacher))
+        loader = streams[stream_of[i]]
+        key = (stream_of[i], m.distiller.target_spec(tuple(loader.images.shape[1:])), id(m.distiller.teacher))
         if key not in out and m.cache is not None and m.distiller.cacheable:
-            out[key] = m.cache.epoch_targets(m.distiller, streams[stream_of[i]], dtype)
+            out[key] = m.cache.epoch_targets(m.distiller, loader, dtype)
     return out
 
 
@@ -400,7 +401,8 @@ class PackedStep:
         groups: dict[tuple, dict] = {}
         out = []
         for i, m in enumerate(self.members):
-            key = (self.stream_of[i], m.distiller.target_spec(), id(m.distiller.teacher))
+            x = xs[self.stream_of[i]]
+            key = (self.stream_of[i], m.distiller.target_spec(tuple(x.shape[1:])), id(m.distiller.teacher))
             if key not in groups:
                 if not m.distiller.needs:
                     groups[key] = {}
@@ -409,7 +411,7 @@ class PackedStep:
                         self.epoch_targets[key], slice(step * batch_size, (step + 1) * batch_size)
                     )
                 else:
-                    groups[key] = m.distiller.teacher_targets(xs[self.stream_of[i]])
+                    groups[key] = m.distiller.teacher_targets(x)
             out.append(groups[key])
         return out
 

@@ -24,7 +24,7 @@ from torch import nn
 from .config import ExperimentConfig
 from .data import DataSplits, TensorLoader, data_shaping
 from .datasets import dataset_info
-from .distill import STUDENT_METHODS, TWO_STAGE, build_distiller, matched_levels
+from .distill import STUDENT_METHODS, TWO_STAGE, TeacherOutput, build_distiller, each_output, matched_levels
 from .metrics import classification_metrics
 from .models import build_model, check_model_name, count_parameters
 from .records import RunRecord, Segment, encode_correct, encode_predictions, parse_segment
@@ -236,7 +236,17 @@ def teacher_cache_for(cfg: ExperimentConfig, teacher: FrozenTeacher | None) -> T
         "precision": str(resolve_precision(cfg.train.precision, device)), "device": device.type,
         "channels_last": cfg.train.channels_last,
     }  # fmt: skip
-    return TeacherCache(Path(cfg.checkpoint_dir) / "teacher_outputs", stream)
+    return TeacherCache(Path(cfg.checkpoint_dir) / "teacher_outputs", stream, also=teacher.outputs_ahead)
+
+
+def teacher_outputs_of(method: str, cfg: ExperimentConfig, data: DataSplits, teacher: nn.Module) -> list[TeacherOutput]:
+    """The storable teacher outputs a run of ``method`` at ``cfg`` reads (FitNets: its logit-KD stage's; none for
+    the labels-only runs and for methods that read the full maps)."""
+    method = TWO_STAGE[method][1] if method in TWO_STAGE else method
+    if method in ("baseline", "teacher"):
+        return []
+    student = build_model(cfg.student, data.info.in_channels, data.info.num_classes)
+    return each_output(build_distiller(method, student, teacher, cfg.distill).teacher_outputs(data.train_x.shape[1:]))
 
 
 def _fit_method(

@@ -21,7 +21,7 @@ from .models import build_model
 from .packs import records_of, train_runs
 from .records import RunRecord
 from .results import append_run, load_records
-from .runs import run_dir, train_experiment, validate
+from .runs import run_dir, teacher_outputs_of, train_experiment, validate
 from .teacher import FrozenTeacher, prepare_teacher
 from .train import checked_resume_file
 
@@ -196,12 +196,15 @@ def compare_methods(
     ``baseline=False`` leaves the labels-only runs out (a variant shares them)."""
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
     seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
-    runs = [("baseline", "baseline", seed_cfgs, None)] if baseline else []
+    runs = [("baseline", "baseline", seed_cfgs)] if baseline else []
+    ahead: dict = {}  # every teacher output the methods read, computed together: one teacher pass an epoch
     for method in methods:
         tuned, _ = settings[method]
         distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
         name = run_name(method, tuned is not None) + variant
-        runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs], teacher))
+        runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs]))
+        ahead.update(dict.fromkeys(teacher_outputs_of(method, runs[-1][2][0], data, teacher.model)))
+    teacher = replace(teacher, outputs_ahead=tuple(ahead)) if ahead else teacher
     records = []
 
     def done(record: RunRecord) -> None:
@@ -210,7 +213,8 @@ def compare_methods(
             append_run(results_path, record, replace_same_run=True)  # a re-run replaces its own record
         records.append(record)
 
-    for experiment, name, run_cfgs, run_teacher in runs:  # each method's seeds packed on a GPU
+    for experiment, name, run_cfgs in runs:  # each method's seeds packed on a GPU
+        run_teacher = teacher if experiment != "baseline" else None
         records_of(train_runs(experiment, run_cfgs, data, run_teacher, log, [name] * len(seeds)), done)
     return records
 

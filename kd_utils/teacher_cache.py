@@ -1,18 +1,23 @@
-"""Teacher work shared across runs: each epoch's teacher targets computed once per data stream, then reused.
+"""Teacher work shared across runs: each epoch's teacher outputs computed once per data stream, then reused.
 
 A *stream* is everything that fixes the batches a student sees: the teacher's weights, the dataset and its
 split, the batch size, the seed (batch order and augmentation), the precision and the device type. Runs on
 the same stream (logit KD, DKD, DIST, every sweep point over their settings) see the same images in the same
-order, so the teacher's logits, pooled maps and attention maps for epoch ``e`` are the same tensors: computed by
-the first run that needs them, stored as ``epoch{e:03d}-{spec}.pt`` in the stream's folder, and loaded by the
-others. A reused target is the very tensor the teacher produced, so training is bit-identical to recomputing it.
+order, so the teacher's outputs for epoch ``e`` are the same tensors: computed by the first run that needs them,
+stored one file per output (``distill.TeacherOutput``: the logits, one stage's pooled map, one stage's attention
+map) as ``epoch{e:03d}-{output}.pt`` in the stream's folder, and loaded by the others. A reused output is the
+very tensor the teacher produced, so training is bit-identical to computing it inline.
 
-Size on disk per epoch: ``N x (K x 4 + sum_l C_l x s^2 x 4)`` bytes for N training images, K classes and
-pooled maps of C_l channels at s x s, all float32: 55,000 Fashion-MNIST images, logits alone 2.2 MB; with the
-three pooled stages of teacher_cnn at s = 1, 101 MB; at s = 4, 1.6 GB; its attention maps (14x14, 7x7, 3x3),
-56 MB). An epoch's targets larger than
-``max_epoch_bytes`` (default 512 MB) are used but not stored: a 15-epoch, 3-seed study at s = 4 would
-otherwise fill 72 GB of disk to save a teacher forward pass per batch.
+One teacher pass per epoch for a whole comparison: the cache is told the outputs the runs ahead of it on the
+stream will read (``also``: ``study.compare_methods`` gives every method's), and whenever it runs the teacher
+over an epoch it computes and stores those too. Without it, a comparison of logit KD, hidden-state imitation,
+RKD and attention transfer ran the teacher four times an epoch, once per kind of output.
+
+Size on disk per epoch: ``N x 4`` bytes times the floats per image, for N training images: 55,000
+Fashion-MNIST images, logits 2.2 MB; teacher_cnn's three stages pooled to s = 1, 101 MB; to s = 4, 1.6 GB;
+its attention maps (14x14, 7x7, 3x3), 56 MB. An output larger than ``max_epoch_bytes`` (default 512 MB) is
+used but not stored: a 15-epoch, 3-seed study at s = 4 would otherwise fill 72 GB of disk to save a teacher
+forward pass per batch.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .data import TensorLoader
+from .distill import TeacherOutput, each_output
 from .results import atomic_write
 from .train import autocast, epoch_images
 
@@ -43,94 +50,88 @@ def state_hash(module: nn.Module) -> str:
 
 
 class TeacherCache:
-    """Teacher targets of one stream, one file per epoch and target spec, under ``root/<stream hash>``."""
+    """Teacher outputs of one stream, one file per epoch and output, under ``root/<stream hash>``; ``also``: the
+    outputs computed with any epoch the cache computes (what the runs after this one will read)."""
 
-    def __init__(self, root: str | Path, stream: dict, max_epoch_bytes: int = MAX_EPOCH_BYTES):
+    def __init__(self, root: str | Path, stream: dict, max_epoch_bytes: int = MAX_EPOCH_BYTES,
+                 also: Sequence[TeacherOutput] = ()):  # fmt: skip
         key = hashlib.sha1(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = Path(root) / key
         self.stream = stream
         self.hits = 0  # epochs served from disk
-        self.misses = 0  # epochs computed (and stored, when at most max_epoch_bytes)
+        self.misses = 0  # epochs for which the teacher ran
         self.max_epoch_bytes = max_epoch_bytes
+        self.also = tuple(also)
 
-    def path(self, epoch: int, spec: str) -> Path:
-        return self.folder / f"epoch{epoch:03d}-{spec}.pt"
+    def path(self, epoch: int, output: str) -> Path:
+        return self.folder / f"epoch{epoch:03d}-{output}.pt"
+
+    def load(self, epoch: int, output: TeacherOutput, n_images: int, device: torch.device) -> Tensor | None:
+        """The stored output, or None when missing; a damaged one, of another shape or not finite is deleted."""
+        path = self.path(epoch, output.name)
+        if not path.exists():
+            return None
+        try:
+            stored = torch.load(path, map_location=device, weights_only=True)
+        except Exception:  # a damaged file is recomputed, never trusted
+            stored = None
+        if fits(stored, n_images):
+            return stored
+        path.unlink(missing_ok=True)
+        return None
 
     def epoch_targets(self, distiller, loader: TensorLoader, dtype: torch.dtype) -> dict:
-        """This epoch's targets (``loader.epoch`` set by the trainer): from disk, or computed and stored."""
-        path = self.path(loader.epoch, distiller.target_spec(tuple(loader.images.shape[1:])))
-        if path.exists():
-            try:
-                stored = torch.load(path, map_location=loader.device, weights_only=True)
-            except Exception:  # a damaged file is recomputed, never trusted
-                stored = None
-            if fits(stored, epoch_images(loader)):
-                self.hits += 1
-                return unflatten(stored)
-            path.unlink(missing_ok=True)  # damaged, another shape or not finite: recomputed and replaced
-        targets = compute_epoch_targets(distiller, loader, dtype)
-        self.misses += 1
-        flat = {k: v.cpu() for k, v in flatten(targets).items()}
-        if sum(t.numel() * t.element_size() for t in flat.values()) > self.max_epoch_bytes:
-            return targets  # too large to be worth the disk: computed again by the next run that needs it
+        """This epoch's targets (``loader.epoch`` set by the trainer): from disk, or computed (with ``also``) and
+        stored."""
+        outputs = distiller.teacher_outputs(tuple(loader.images.shape[1:]))
+        n, epoch = epoch_images(loader), loader.epoch
+        found = {o: self.load(epoch, o, n, loader.device) for o in dict.fromkeys(each_output(outputs))}
+        missing = [o for o, t in found.items() if t is None]
+        if missing:
+            ahead = [o for o in self.also if o not in found and not self.path(epoch, o.name).exists()]
+            computed = compute_epoch_outputs(distiller.teacher, [*missing, *ahead], loader, dtype)
+            self.misses += 1
+            for output, tensor in computed.items():
+                self.store(epoch, output, tensor)
+            found.update(computed)
+        else:
+            self.hits += 1
+        return {k: [found[o] for o in v] if isinstance(v, list) else found[v] for k, v in outputs.items()}
+
+    def store(self, epoch: int, output: TeacherOutput, tensor: Tensor) -> None:
+        """Written whole (atomically), unless larger than ``max_epoch_bytes``: then the next run computes it again."""
+        if tensor.numel() * tensor.element_size() > self.max_epoch_bytes:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         stream_file = self.folder / "stream.json"
         if not stream_file.exists():
             atomic_write(stream_file, json.dumps(self.stream, indent=1, sort_keys=True, default=str))
         buffer = io.BytesIO()
-        torch.save(flat, buffer)
-        atomic_write(path, buffer.getvalue())
-        return targets
+        torch.save(tensor.cpu(), buffer)
+        atomic_write(self.path(epoch, output.name), buffer.getvalue())
 
 
 def fits(stored: object, n_images: int) -> bool:
-    """A stored epoch of targets is used only when it is a dict of finite float tensors, one row per image."""
+    """A stored output is used only when it is a finite float tensor with one row per image."""
     return (
-        isinstance(stored, dict)
-        and bool(stored)
-        and all(
-            isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 1 and t.shape[0] == n_images
-            and bool(torch.isfinite(t).all())
-            for t in stored.values()
-        )
+        isinstance(stored, torch.Tensor) and stored.is_floating_point() and stored.dim() >= 1
+        and stored.shape[0] == n_images and bool(torch.isfinite(stored).all())
     )  # fmt: skip
 
 
-def compute_epoch_targets(distiller, loader: TensorLoader, dtype: torch.dtype) -> dict:
-    """The teacher's targets for every batch of the loader's current epoch, concatenated in batch order.
+def compute_epoch_outputs(
+    teacher: nn.Module, outputs: Sequence[TeacherOutput], loader: TensorLoader, dtype: torch.dtype
+) -> dict[TeacherOutput, Tensor]:
+    """The teacher's ``outputs`` for every batch of the loader's current epoch, concatenated in batch order: one
+    teacher forward per batch for all of them.
 
-    The batches and the autocast are those of the training loop, so each target equals what the distiller
-    would compute inline for that batch.
+    The batches and the autocast are those of the training loop, so each output equals what a distiller would
+    compute inline for that batch.
     """
-    chunks: list[dict] = []
+    chunks: dict[TeacherOutput, list[Tensor]] = {o: [] for o in outputs}
     with torch.no_grad(), autocast(loader.device, dtype):
         for x, _ in loader:
-            chunks.append(distiller.teacher_targets(x))
-    return {
-        k: [torch.cat([c[k][i] for c in chunks]) for i in range(len(v))]
-        if isinstance(v, list)
-        else torch.cat([c[k] for c in chunks])
-        for k, v in chunks[0].items()
-    }
-
-
-def flatten(targets: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor]:
-    """``{"pooled": [a, b]}`` -> ``{"pooled.0": a, "pooled.1": b}`` (what torch.save with weights_only keeps)."""
-    out = {}
-    for k, v in targets.items():
-        if isinstance(v, list):
-            out.update({f"{k}.{i}": t for i, t in enumerate(v)})
-        else:
-            out[k] = v
-    return out
-
-
-def unflatten(stored: dict[str, Tensor]) -> dict[str, Tensor | list[Tensor]]:
-    out: dict[str, Tensor | list[Tensor]] = {}
-    for k in sorted(stored, key=lambda name: (name.split(".")[0], int(name.split(".")[1]) if "." in name else -1)):
-        base, _, index = k.partition(".")
-        if index:
-            out.setdefault(base, []).append(stored[k])
-        else:
-            out[base] = stored[k]
-    return out
+            feats = teacher.forward_features(x)
+            for output, parts in chunks.items():
+                parts.append(output.of(teacher, feats))
+    return {o: torch.cat(parts) for o, parts in chunks.items()}

@@ -256,22 +256,29 @@ def test_cacheable_exactly_when_the_targets_are_logits_pooled_maps_or_attention_
 
 
 def test_target_specs_name_what_is_stored():
-    specs = {m: make(m)[0].target_spec() for m in sorted(CACHEABLE)}
+    """One name per stored output (a file each in the teacher cache), joined: methods reading an output share it."""
+    shape = (3, 32, 32)
+    specs = {m: make(m)[0].target_spec(shape) for m in sorted(CACHEABLE)}
+    pooled = "pooled_l0_1x1+pooled_l1_1x1+pooled_l2_1x1"
     assert specs == {
         "logit": "logits",
         "dkd": "logits",  # the same logits as logit KD: one file serves both
         "dist": "logits",
-        "hidden": "pooled1_l0-1-2",
-        "rkd": "pooled1_l2",  # the last stage, globally pooled
-        "logit+hidden": "logits+pooled1_l0-1-2",
-        "at": "attention_p2_l0-1-2",
+        "hidden": pooled,
+        "rkd": "pooled_l2_1x1",  # the last stage, globally pooled: hidden-state imitation's file at s = 1
+        "logit+hidden": "logits+" + pooled,
+        # attention maps are stored at the size they are compared at, which the images' size sets
+        "at": "attention_p2_l0_16x16+attention_p2_l1_8x8+attention_p2_l2_4x4",
         **{ls: "logits" for ls in STANDARDIZED},  # the teacher's raw logits: standardized in the loss
     }
-    assert make("hidden", spatial_size=2)[0].target_spec() == "pooled2_l0-1-2"
-    assert make("hidden", "resnet18")[0].target_spec() == "pooled1_l1-2-3"
-    # attention maps are stored at the size they are compared at, which the images' size sets (the cache passes it)
-    assert make("at")[0].target_spec((3, 32, 32)) == "attention_p2_l0-1-2_16x16-8x8-4x4"
-    assert make("at", at_p=4.0)[0].target_spec((3, 16, 16)) == "attention_p4_l0-1-2_8x8-4x4-2x2"
+    assert make("hidden", spatial_size=2)[0].target_spec(shape) == "pooled_l0_2x2+pooled_l1_2x2+pooled_l2_2x2"
+    assert make("hidden", "resnet18")[0].target_spec(shape) == "pooled_l1_1x1+pooled_l2_1x1+pooled_l3_1x1"
+    assert (
+        make("at", at_p=4.0)[0].target_spec((3, 16, 16))
+        == "attention_p4_l0_8x8+attention_p4_l1_4x4+attention_p4_l2_2x2"
+    )
+    assert make("regressor")[0].target_spec(shape) == "maps_l0-1-2"  # never stored, but a packed group's key
+    assert make("logit+regressor")[0].target_spec(shape) == "logits+maps_l0-1-2"
 
 
 @pytest.mark.parametrize("teacher_arch", ["teacher_cnn", "wrn_16_2"])

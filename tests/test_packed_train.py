@@ -206,8 +206,8 @@ def test_packed_members_equal_their_runs_apart_on_cuda(data, teacher):
 
 
 def test_packed_attention_members_read_the_teacher_cache_like_apart_runs_compute_it(data, teacher, tmp_path):
-    """Attention transfer's teacher targets come from the cache in a pack (one file per epoch, computed by the
-    first run on the stream) and the members train as apart runs that compute them inline."""
+    """Attention transfer's teacher targets come from the cache in a pack (a file per epoch and level, computed by
+    the first run on the stream) and the members train as apart runs that compute them inline."""
     from kd_utils.teacher_cache import TeacherCache
 
     cfg = train_cfg(epochs=2)
@@ -218,8 +218,8 @@ def test_packed_attention_members_read_the_teacher_cache_like_apart_runs_compute
                for i, (st, c) in enumerate(zip(settings, caches))]  # fmt: skip
     outcomes = fit_packed(members, data)
     assert sorted(p.name for p in caches[0].folder.glob("epoch*.pt")) == [
-        "epoch001-attention_p2_l0-1-2_8x8-4x4-2x2.pt", "epoch002-attention_p2_l0-1-2_8x8-4x4-2x2.pt"
-    ]  # fmt: skip
+        f"epoch00{e}-attention_p2_l{j}_{s}x{s}.pt" for e in (1, 2) for j, s in enumerate((8, 4, 2))
+    ]
     for st, outcome in zip(settings, outcomes):
         d = distiller("at", 0, st, teacher, data)
         assert_same_history(fit(d, data, cfg).history, outcome.result.history)

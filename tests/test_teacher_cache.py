@@ -11,7 +11,7 @@ import torch
 
 from kd_utils.config import ExperimentConfig
 from kd_utils.data import TensorLoader
-from kd_utils.distill import build_distiller
+from kd_utils.distill import build_distiller, each_output
 from kd_utils.models import build_model
 from kd_utils.runs import teacher_cache_for
 from kd_utils.teacher import FrozenTeacher
@@ -86,6 +86,53 @@ def test_methods_on_one_stream_share_the_logits(small_splits, train_cfg, tmp_pat
     assert_same_weights(dkd[1], inline[1])
 
 
+def test_one_teacher_pass_an_epoch_stores_what_the_runs_ahead_read(small_splits, train_cfg, tmp_path):
+    """Told the outputs of the runs ahead (``also``), the first run's teacher pass computes them too: hidden-state
+    imitation, attention transfer, RKD and logit+hidden then train from disk alone, as they would inline."""
+    ahead = ["hidden", "at", "rkd", "logit+hidden"]
+    shape = tuple(small_splits.train_x.shape[1:])
+    also = dict.fromkeys(o for m in ahead for o in each_output(make(m).teacher_outputs(shape)))
+    first = TeacherCache(tmp_path, STREAM, also=tuple(also))
+    train("logit", small_splits, train_cfg, first)
+    assert (first.hits, first.misses) == (0, EPOCHS)
+    names = {p.stem.split("-", 1)[1] for p in first.folder.glob("epoch001-*.pt")}
+    assert names == {"logits", *(o.name for o in also)}  # RKD's pooled last stage is hidden's: one file
+    assert "pooled_l2_1x1" in names and len(also) == 1 + 3 + 3  # logits, three pooled stages, three attention maps
+    for method in ahead:
+        cache = TeacherCache(tmp_path, STREAM)
+        cached = train(method, small_splits, train_cfg, cache)
+        assert (cache.hits, cache.misses) == (EPOCHS, 0), method  # the teacher never ran again
+        inline = train(method, small_splits, train_cfg, None)
+        assert cached[0] == inline[0], method
+        assert_same_weights(cached[1], inline[1])
+
+    known = TeacherCache(tmp_path, STREAM, also=tuple(also))  # everything stored: nothing to compute
+    train("dkd", small_splits, train_cfg, known)
+    assert (known.hits, known.misses) == (EPOCHS, 0)
+
+
+def test_a_comparison_tells_the_cache_every_methods_outputs(tmp_path):
+    """``compare_methods`` gives its teacher the outputs of all its methods (FitNets: its logit stage's; the full
+    maps of the regressor methods are never stored), so a seed's first distilled run computes them all."""
+    from kd_utils.config import DataConfig
+    from kd_utils.data import prepare_data
+    from kd_utils.runs import teacher_outputs_of
+
+    data = prepare_data(DataConfig(dataset="synthetic", train_size=64, val_size=16, test_size=16))
+    cfg = ExperimentConfig(checkpoint_dir=str(tmp_path))
+    teacher = frozen_teacher().model
+    names = {m: [o.name for o in teacher_outputs_of(m, cfg, data, teacher)] for m in
+             ("baseline", "logit", "fitnets", "regressor", "logit+regressor", "rkd", "at")}  # fmt: skip
+    assert names == {
+        "baseline": [], "logit": ["logits"], "fitnets": ["logits"], "regressor": [], "logit+regressor": ["logits"],
+        "rkd": ["pooled_l2_1x1"], "at": ["attention_p2_l0_8x8", "attention_p2_l1_4x4", "attention_p2_l2_2x2"],
+    }  # fmt: skip
+    hidden = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, spatial_size=2))
+    assert [o.name for o in teacher_outputs_of("hidden", hidden, data, teacher)] == [
+        f"pooled_l{j}_2x2" for j in range(3)
+    ]
+
+
 def test_uncacheable_methods_leave_the_cache_alone(small_splits, train_cfg, tmp_path):
     cache = TeacherCache(tmp_path, STREAM)
     distiller = make("regressor")
@@ -106,13 +153,11 @@ def test_files_one_per_epoch_loadable_and_sized(small_splits, train_cfg, tmp_pat
     n = len(TensorLoader(small_splits.train_x, small_splits.train_y, small_splits.info, 32, train=True)) * 32
     assert n == 192
     stored = [torch.load(cache.path(e, "logits"), weights_only=True) for e in (1, 2)]
-    for epoch_targets in stored:
-        assert set(epoch_targets) == {"logits"}
-        logits = epoch_targets["logits"]
+    for logits in stored:
         assert logits.shape == (n, 10) and logits.dtype == torch.float32
         assert logits.untyped_storage().nbytes() == n * 10 * 4  # no larger storage saved behind a view
         assert torch.isfinite(logits).all()
-    assert not torch.equal(stored[0]["logits"], stored[1]["logits"])  # epochs shuffle differently
+    assert not torch.equal(stored[0], stored[1])  # epochs shuffle differently
     size = cache.path(1, "logits").stat().st_size
     assert n * 10 * 4 <= size < n * 10 * 4 + 4096  # the floats plus the zip container's overhead
 
@@ -121,19 +166,16 @@ def test_files_one_per_epoch_loadable_and_sized(small_splits, train_cfg, tmp_pat
     loader = TensorLoader(data.train_x, data.train_y, data.info, 32, train=True, seed=0, channels_last=True)
     loader.set_epoch(1)
     inline = torch.cat([distiller.teacher_targets(x)["logits"] for x, _ in loader])  # fit left it channels_last
-    assert torch.equal(stored[0]["logits"], inline)
+    assert torch.equal(stored[0], inline)
 
 
 def test_pooled_files_hold_float32_maps_per_level(small_splits, train_cfg, tmp_path):
     cache = TeacherCache(tmp_path, STREAM)
     distiller = make("hidden")
     fit(distiller, small_splits, dataclasses.replace(train_cfg, epochs=1), teacher_cache=cache)
-    spec = distiller.target_spec()
-    assert spec == "pooled1_l0-1-2"
-    stored = torch.load(cache.path(1, spec), weights_only=True)
-    assert set(stored) == {"pooled.0", "pooled.1", "pooled.2"}
+    assert distiller.target_spec((1, 28, 28)) == "pooled_l0_1x1+pooled_l1_1x1+pooled_l2_1x1"
     for level, channels in enumerate(distiller.teacher.feature_channels):
-        t = stored[f"pooled.{level}"]
+        t = torch.load(cache.path(1, f"pooled_l{level}_1x1"), weights_only=True)  # one file per stage
         assert t.shape == (192, channels, 1, 1)
         assert t.dtype == torch.float32  # exactly what the distiller computes inline (no rounding)
 
@@ -142,7 +184,7 @@ def test_damaged_file_is_recomputed_not_trusted(small_splits, train_cfg, tmp_pat
     cache = TeacherCache(tmp_path, STREAM)
     reference = train("logit", small_splits, train_cfg, cache)
     path = cache.path(1, "logits")
-    good = torch.load(path, weights_only=True)["logits"]
+    good = torch.load(path, weights_only=True)
     path.write_bytes(
         torch.randint(0, 256, (4000,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
     )
@@ -152,7 +194,7 @@ def test_damaged_file_is_recomputed_not_trusted(small_splits, train_cfg, tmp_pat
     assert (again.hits, again.misses) == (1, 1)  # epoch 1 recomputed, epoch 2 reused
     assert result[0] == reference[0]
     assert_same_weights(result[1], reference[1])
-    assert torch.equal(torch.load(path, weights_only=True)["logits"], good)  # rewritten whole
+    assert torch.equal(torch.load(path, weights_only=True), good)  # rewritten whole
 
 
 def frozen_teacher(seed: int = 1000) -> FrozenTeacher:
@@ -258,7 +300,7 @@ def test_a_stored_epoch_that_does_not_fit_is_recomputed_and_replaced(damage, sma
     stored = sorted(cache.folder.glob("epoch*.pt"))
     assert len(stored) == EPOCHS
     bad = torch.load(stored[0], weights_only=True)
-    bad = {k: v[:5] if damage == "wrong shape" else torch.full_like(v, float("nan")) for k, v in bad.items()}
+    bad = bad[:5] if damage == "wrong shape" else torch.full_like(bad, float("nan"))
     torch.save(bad, stored[0])
     again = TeacherCache(tmp_path, STREAM)
     second = train("logit", small_splits, train_cfg, again)
@@ -266,4 +308,4 @@ def test_a_stored_epoch_that_does_not_fit_is_recomputed_and_replaced(damage, sma
     assert first[0] == second[0]
     assert_same_weights(first[1], second[1])
     replaced = torch.load(stored[0], weights_only=True)
-    assert all(torch.isfinite(t).all() and t.shape[0] > 5 for t in replaced.values())
+    assert torch.isfinite(replaced).all() and replaced.shape[0] > 5
