@@ -181,6 +181,24 @@ def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apar
     assert len(load_records(path)) == 4
 
 
+def test_a_comparison_runs_the_teacher_once_an_epoch_for_all_its_methods(tmp_path, monkeypatch):
+    """``compare_methods`` tells the teacher cache every output its methods read: logit KD's teacher pass stores
+    the pooled maps and attention maps too, so the later methods of the seed never run the teacher."""
+    from kd_utils.teacher import prepare_teacher
+
+    monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: (None, "defaults"))
+    data_cfg = DataConfig(dataset="synthetic", train_size=200, val_size=50, test_size=50)
+    train = TrainConfig(epochs=2, batch_size=32, device="cpu", precision="fp32", progress=False)
+    cfg = ExperimentConfig(data=data_cfg, train=train, checkpoint_dir=str(tmp_path), teacher_epochs=1,
+                           allow_weak_teacher=True)  # fmt: skip
+    data = prepare_data(data_cfg)
+    teacher = prepare_teacher(cfg, data, log=None)
+    records = study.compare_methods(cfg, data, teacher, ["logit", "hidden", "at", "rkd"], [0], log=None)
+    caches = {r.method: (r.extra["teacher_cache"]["hits"], r.extra["teacher_cache"]["misses"]) for r in records[1:]}
+    assert caches == {"logit": (0, 2), "hidden": (2, 0), "at": (2, 0), "rkd": (2, 0)}
+    assert teacher.outputs_ahead == ()  # the caller's teacher is left as it was
+
+
 @pytest.mark.slow
 def test_each_kind_of_job_makes_its_notebooks_calls_and_appends_its_records(tmp_path, monkeypatch):
     from kd_utils import notebook
