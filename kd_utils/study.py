@@ -197,14 +197,14 @@ def compare_methods(
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
     seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
     runs = [("baseline", "baseline", seed_cfgs)] if baseline else []
-    ahead: dict = {}  # every teacher output the methods read, computed together: one teacher pass an epoch
+    ahead: dict = {}  # each method's teacher outputs, computed together: one teacher pass an epoch
     for method in methods:
         tuned, _ = settings[method]
         distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
         name = run_name(method, tuned is not None) + variant
         runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs]))
-        ahead.update(dict.fromkeys(teacher_outputs_of(method, runs[-1][2][0], data, teacher.model)))
-    teacher = replace(teacher, outputs_ahead=tuple(ahead)) if ahead else teacher
+        ahead[tuple(teacher_outputs_of(method, runs[-1][2][0], data, teacher.model))] = None
+    teacher = replace(teacher, outputs_ahead=tuple(g for g in ahead if g)) if ahead else teacher
     records = []
 
     def done(record: RunRecord) -> None:

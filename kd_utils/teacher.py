@@ -28,7 +28,7 @@ class FrozenTeacher:
     record: RunRecord
     weights_hash: str  # sha256 of the trained weights (before BN folding)
     val_accuracy: float
-    outputs_ahead: tuple = ()  # TeacherOutputs the runs ahead will read: each teacher pass computes them too
+    outputs_ahead: tuple = ()  # per run ahead, the TeacherOutputs it will read: each teacher pass computes them too
 
     def identity(self) -> dict:
         return {

@@ -9,15 +9,16 @@ map) as ``epoch{e:03d}-{output}.pt`` in the stream's folder, and loaded by the o
 very tensor the teacher produced, so training is bit-identical to computing it inline.
 
 One teacher pass per epoch for a whole comparison: the cache is told the outputs the runs ahead of it on the
-stream will read (``also``: ``study.compare_methods`` gives every method's), and whenever it runs the teacher
-over an epoch it computes and stores those too. Without it, a comparison of logit KD, hidden-state imitation,
-RKD and attention transfer ran the teacher four times an epoch, once per kind of output.
+stream will read (``also``, one group per run: ``study.compare_methods`` gives every method's), and whenever it
+runs the teacher over an epoch it computes and stores those too. Without it, a comparison of logit KD,
+hidden-state imitation, RKD and attention transfer ran the teacher four times an epoch, once per kind of output.
 
 Size on disk per epoch: ``N x 4`` bytes times the floats per image, for N training images: 55,000
 Fashion-MNIST images, logits 2.2 MB; teacher_cnn's three stages pooled to s = 1, 101 MB; to s = 4, 1.6 GB;
-its attention maps (14x14, 7x7, 3x3), 56 MB. An output larger than ``max_epoch_bytes`` (default 512 MB) is
-used but not stored: a 15-epoch, 3-seed study at s = 4 would otherwise fill 72 GB of disk to save a teacher
-forward pass per batch.
+its attention maps (14x14, 7x7, 3x3), 56 MB. A run's outputs are stored together or not at all: not when
+together larger than ``max_epoch_bytes`` (default 512 MB; a 15-epoch, 3-seed study at s = 4 would otherwise
+fill 72 GB of disk to save a teacher forward pass per batch), nor when the disk would keep less than
+``MIN_FREE_BYTES``; they are then used and computed again by the next run that needs them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +38,8 @@ from .distill import TeacherOutput, each_output
 from .results import atomic_write
 from .train import autocast, epoch_images
 
-MAX_EPOCH_BYTES = 512 * 2**20  # larger epochs of targets are recomputed rather than stored
+MAX_EPOCH_BYTES = 512 * 2**20  # a run's outputs larger than this an epoch are recomputed rather than stored
+MIN_FREE_BYTES = 4 * 2**30  # nor stored where the disk would keep less free than this
 
 
 def state_hash(module: nn.Module) -> str:
@@ -51,17 +54,17 @@ def state_hash(module: nn.Module) -> str:
 
 class TeacherCache:
     """Teacher outputs of one stream, one file per epoch and output, under ``root/<stream hash>``; ``also``: the
-    outputs computed with any epoch the cache computes (what the runs after this one will read)."""
+    outputs of the runs ahead, one group per run, computed with any epoch the cache computes."""
 
     def __init__(self, root: str | Path, stream: dict, max_epoch_bytes: int = MAX_EPOCH_BYTES,
-                 also: Sequence[TeacherOutput] = ()):  # fmt: skip
+                 also: Sequence[Sequence[TeacherOutput]] = ()):  # fmt: skip
         key = hashlib.sha1(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = Path(root) / key
         self.stream = stream
         self.hits = 0  # epochs served from disk
         self.misses = 0  # epochs for which the teacher ran
         self.max_epoch_bytes = max_epoch_bytes
-        self.also = tuple(also)
+        self.also = tuple(tuple(group) for group in also)
 
     def path(self, epoch: int, output: str) -> Path:
         return self.folder / f"epoch{epoch:03d}-{output}.pt"
@@ -86,29 +89,35 @@ class TeacherCache:
         outputs = distiller.teacher_outputs(tuple(loader.images.shape[1:]))
         n, epoch = epoch_images(loader), loader.epoch
         found = {o: self.load(epoch, o, n, loader.device) for o in dict.fromkeys(each_output(outputs))}
-        missing = [o for o, t in found.items() if t is None]
-        if missing:
-            ahead = [o for o in self.also if o not in found and not self.path(epoch, o.name).exists()]
-            computed = compute_epoch_outputs(distiller.teacher, [*missing, *ahead], loader, dtype)
-            self.misses += 1
-            for output, tensor in computed.items():
-                self.store(epoch, output, tensor)
-            found.update(computed)
-        else:
+        if all(t is not None for t in found.values()):
             self.hits += 1
+        else:
+            self.misses += 1
+            ahead = [g for g in self.also if not all(self.path(epoch, o.name).exists() for o in g)]
+            todo = [o for o in dict.fromkeys([*found, *(o for g in ahead for o in g)]) if found.get(o) is None]
+            values = {**found, **compute_epoch_outputs(distiller.teacher, todo, loader, dtype)}
+            found = {o: values[o] for o in found}
+            for group in [tuple(found), *ahead]:  # each run's outputs stored together or not at all
+                self.store(epoch, {o: values[o] for o in group})
         return {k: [found[o] for o in v] if isinstance(v, list) else found[v] for k, v in outputs.items()}
 
-    def store(self, epoch: int, output: TeacherOutput, tensor: Tensor) -> None:
-        """Written whole (atomically), unless larger than ``max_epoch_bytes``: then the next run computes it again."""
-        if tensor.numel() * tensor.element_size() > self.max_epoch_bytes:
+    def store(self, epoch: int, group: dict[TeacherOutput, Tensor]) -> None:
+        """One run's outputs of an epoch, each written whole (atomically); none when together larger than
+        ``max_epoch_bytes`` or when the disk would keep less than ``MIN_FREE_BYTES``."""
+        new = {o: t for o, t in group.items() if not self.path(epoch, o.name).exists()}
+        size = sum(t.numel() * t.element_size() for t in group.values())
+        if not new or size > self.max_epoch_bytes:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.folder).free - size < MIN_FREE_BYTES:
+            return
         stream_file = self.folder / "stream.json"
         if not stream_file.exists():
             atomic_write(stream_file, json.dumps(self.stream, indent=1, sort_keys=True, default=str))
-        buffer = io.BytesIO()
-        torch.save(tensor.cpu(), buffer)
-        atomic_write(self.path(epoch, output.name), buffer.getvalue())
+        for output, tensor in new.items():
+            buffer = io.BytesIO()
+            torch.save(tensor.cpu(), buffer)
+            atomic_write(self.path(epoch, output.name), buffer.getvalue())
 
 
 def fits(stored: object, n_images: int) -> bool:

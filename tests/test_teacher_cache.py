@@ -91,13 +91,13 @@ def test_one_teacher_pass_an_epoch_stores_what_the_runs_ahead_read(small_splits,
     imitation, attention transfer, RKD and logit+hidden then train from disk alone, as they would inline."""
     ahead = ["hidden", "at", "rkd", "logit+hidden"]
     shape = tuple(small_splits.train_x.shape[1:])
-    also = dict.fromkeys(o for m in ahead for o in each_output(make(m).teacher_outputs(shape)))
-    first = TeacherCache(tmp_path, STREAM, also=tuple(also))
+    also = [tuple(each_output(make(m).teacher_outputs(shape))) for m in ahead]  # one group per run
+    first = TeacherCache(tmp_path, STREAM, also=also)
     train("logit", small_splits, train_cfg, first)
     assert (first.hits, first.misses) == (0, EPOCHS)
     names = {p.stem.split("-", 1)[1] for p in first.folder.glob("epoch001-*.pt")}
-    assert names == {"logits", *(o.name for o in also)}  # RKD's pooled last stage is hidden's: one file
-    assert "pooled_l2_1x1" in names and len(also) == 1 + 3 + 3  # logits, three pooled stages, three attention maps
+    assert names == {"logits", *(o.name for g in also for o in g)}  # RKD's pooled last stage is hidden's: one file
+    assert "pooled_l2_1x1" in names and len(names) == 1 + 3 + 3  # logits, three pooled stages, three attention maps
     for method in ahead:
         cache = TeacherCache(tmp_path, STREAM)
         cached = train(method, small_splits, train_cfg, cache)
@@ -106,7 +106,7 @@ def test_one_teacher_pass_an_epoch_stores_what_the_runs_ahead_read(small_splits,
         assert cached[0] == inline[0], method
         assert_same_weights(cached[1], inline[1])
 
-    known = TeacherCache(tmp_path, STREAM, also=tuple(also))  # everything stored: nothing to compute
+    known = TeacherCache(tmp_path, STREAM, also=also)  # everything stored: nothing to compute
     train("dkd", small_splits, train_cfg, known)
     assert (known.hits, known.misses) == (EPOCHS, 0)
 
@@ -286,9 +286,26 @@ def test_epochs_over_the_size_cap_are_used_but_not_stored(small_splits, train_cf
     assert result[0] == reference[0]  # and training is the same as without a cache
     assert_same_weights(result[1], reference[1])
 
-    logits_only = TeacherCache(tmp_path, STREAM, max_epoch_bytes=192 * 10 * 4)  # exactly one epoch of logits
+    # exactly one epoch of logits; hidden-state imitation's maps, computed ahead, are over the cap: not stored, and
+    # a run's outputs are stored together or not at all, so not even the one stage that would fit alone
+    hidden = tuple(each_output(make("hidden").teacher_outputs(tuple(small_splits.train_x.shape[1:]))))
+    assert hidden[0].name == "pooled_l0_1x1" and 192 * 64 * 4 > 192 * 10 * 4  # teacher_cnn's 64 channels at stage 0
+    logits_only = TeacherCache(tmp_path, STREAM, max_epoch_bytes=192 * 64 * 4, also=[hidden])
     train("logit", small_splits, train_cfg, logits_only)
     assert sorted(p.name for p in logits_only.folder.glob("epoch*")) == ["epoch001-logits.pt", "epoch002-logits.pt"]
+
+
+def test_nothing_is_stored_where_the_disk_would_run_low(small_splits, train_cfg, tmp_path, monkeypatch):
+    from kd_utils import teacher_cache
+
+    reference = train("logit", small_splits, train_cfg, None)
+    monkeypatch.setattr(teacher_cache, "MIN_FREE_BYTES", 2**62)  # more than any disk has
+    cache = TeacherCache(tmp_path, STREAM)
+    result = train("logit", small_splits, train_cfg, cache)
+    assert (cache.hits, cache.misses) == (0, EPOCHS)
+    assert not list(cache.folder.glob("epoch*"))  # used, not stored
+    assert result[0] == reference[0]
+    assert_same_weights(result[1], reference[1])
 
 
 @pytest.mark.parametrize("damage", ["wrong shape", "not finite"])
