@@ -155,18 +155,23 @@ def test_flags_of_stretches_kept_before_they_were_recorded_read_not_recorded():
     assert study_run.flag_sets(job, [{"cpu_features": ["avx2"]}, {}]) == "avx2 / avx2 avx512f avx512_bf16"
 
 
-@pytest.mark.slow
-def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apart(tmp_path, monkeypatch):
+def tiny_study(tmp_path, epochs: int):
+    """A 200-image synthetic study with a one-epoch teacher: ``(cfg, data, teacher)``."""
     from kd_utils.teacher import prepare_teacher
 
-    tuned = {"temperature": 2.5, "alpha": 0.6, "regressor_weight": 3.0, "hint_epochs": 1}
-    monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: (tuned, f"sweep of {method}"))
     data_cfg = DataConfig(dataset="synthetic", train_size=200, val_size=50, test_size=50)
-    train = TrainConfig(epochs=1, batch_size=32, device="cpu", precision="fp32", progress=False)
+    train = TrainConfig(epochs=epochs, batch_size=32, device="cpu", precision="fp32", progress=False)
     cfg = ExperimentConfig(data=data_cfg, train=train, checkpoint_dir=str(tmp_path), teacher_epochs=1,
                            allow_weak_teacher=True)  # fmt: skip
     data = prepare_data(data_cfg)
-    teacher = prepare_teacher(cfg, data, log=None)
+    return cfg, data, prepare_teacher(cfg, data, log=None)
+
+
+@pytest.mark.slow
+def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apart(tmp_path, monkeypatch):
+    tuned = {"temperature": 2.5, "alpha": 0.6, "regressor_weight": 3.0, "hint_epochs": 1}
+    monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: (tuned, f"sweep of {method}"))
+    cfg, data, teacher = tiny_study(tmp_path, epochs=1)
     path = tmp_path / "runs.json"
     records = study.ablation_runs(cfg, data, teacher, study.ABLATIONS, [0, 1], None, path, log=None)
     assert [(r.name, r.seed, r.role, r.method) for r in records] == [
@@ -184,15 +189,8 @@ def test_the_ablations_train_the_method_at_the_setting_of_the_run_they_take_apar
 def test_a_comparison_runs_the_teacher_once_an_epoch_for_all_its_methods(tmp_path, monkeypatch):
     """``compare_methods`` tells the teacher cache every output its methods read: logit KD's teacher pass stores
     the pooled maps and attention maps too, so the later methods of the seed never run the teacher."""
-    from kd_utils.teacher import prepare_teacher
-
     monkeypatch.setattr(study, "tuned_settings", lambda sweeps_dir, method: (None, "defaults"))
-    data_cfg = DataConfig(dataset="synthetic", train_size=200, val_size=50, test_size=50)
-    train = TrainConfig(epochs=2, batch_size=32, device="cpu", precision="fp32", progress=False)
-    cfg = ExperimentConfig(data=data_cfg, train=train, checkpoint_dir=str(tmp_path), teacher_epochs=1,
-                           allow_weak_teacher=True)  # fmt: skip
-    data = prepare_data(data_cfg)
-    teacher = prepare_teacher(cfg, data, log=None)
+    cfg, data, teacher = tiny_study(tmp_path, epochs=2)
     records = study.compare_methods(cfg, data, teacher, ["logit", "hidden", "at", "rkd"], [0], log=None)
     caches = {r.method: (r.extra["teacher_cache"]["hits"], r.extra["teacher_cache"]["misses"]) for r in records[1:]}
     assert caches == {"logit": (0, 2), "hidden": (2, 0), "at": (2, 0), "rkd": (2, 0)}
