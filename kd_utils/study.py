@@ -144,6 +144,7 @@ def best_by_validation(records: dict[str, RunRecord] | dict[str, list[RunRecord]
 
 def train_candidates(cfg: ExperimentConfig, data: DataSplits, teacher: FrozenTeacher, log: Log = print) -> dict:
     """Notebooks 01-03's runs at the defaults, ``{method: record}`` (finished ones are only evaluated)."""
+    teacher = with_outputs_ahead(teacher, [(m, cfg) for m in CANDIDATES], data)
     return {m: train_experiment(m, cfg, data, teacher, log)[1] for m in CANDIDATES}
 
 
@@ -197,14 +198,13 @@ def compare_methods(
     settings = {m: tuned_settings(sweeps_dir, m) for m in methods}
     seed_cfgs = [with_seed(cfg, seed) for seed in seeds]
     runs = [("baseline", "baseline", seed_cfgs)] if baseline else []
-    ahead: dict = {}  # each method's teacher outputs, computed together: one teacher pass an epoch
     for method in methods:
         tuned, _ = settings[method]
         distill = DistillConfig(**{**asdict(cfg.distill), **(tuned or {})})
         name = run_name(method, tuned is not None) + variant
         runs.append((method, name, [replace(c, distill=distill) for c in seed_cfgs]))
-        ahead[tuple(teacher_outputs_of(method, runs[-1][2][0], data, teacher.model))] = None
-    teacher = replace(teacher, outputs_ahead=tuple(g for g in ahead if g)) if ahead else teacher
+    if methods:
+        teacher = with_outputs_ahead(teacher, [(m, cfgs[0]) for m, _, cfgs in runs if m != "baseline"], data)
     records = []
 
     def done(record: RunRecord) -> None:
@@ -217,6 +217,15 @@ def compare_methods(
         run_teacher = teacher if experiment != "baseline" else None
         records_of(train_runs(experiment, run_cfgs, data, run_teacher, log, [name] * len(seeds)), done)
     return records
+
+
+def with_outputs_ahead(
+    teacher: FrozenTeacher, runs: Sequence[tuple[str, ExperimentConfig]], data: DataSplits
+) -> FrozenTeacher:
+    """``teacher`` that tells the teacher cache what each of ``runs`` (method, config) will read, so the first
+    run's teacher pass an epoch computes it all (``teacher_cache``), not one pass per kind of output."""
+    groups = dict.fromkeys(tuple(teacher_outputs_of(method, cfg, data, teacher.model)) for method, cfg in runs)
+    return replace(teacher, outputs_ahead=tuple(g for g in groups if g))
 
 
 def run_name(method: str, tuned: bool) -> str:
@@ -376,6 +385,8 @@ def run_study(
     if "baseline" in experiments or methods:
         records_of(train_runs("baseline", seed_cfgs, data, log=log), done)
     per_method: dict[str, list[RunRecord]] = {m: [] for m in methods}
+    if methods:  # each seed's teacher pass computes every method's outputs
+        teachers = [with_outputs_ahead(t, [(m, c) for m in methods], data) for t, c in zip(teachers, seed_cfgs)]
     for method in methods:  # a method's seeds are one pack on a GPU
         per_method[method] = records_of(train_runs(method, seed_cfgs, data, teachers, log), done)
     if final_epochs is not None and methods:

@@ -197,6 +197,14 @@ def test_a_comparison_runs_the_teacher_once_an_epoch_for_all_its_methods(tmp_pat
     assert teacher.outputs_ahead == ()  # the caller's teacher is left as it was
 
 
+def test_the_cli_study_runs_the_teacher_once_an_epoch_for_all_its_methods(tmp_path):
+    cfg, _, _ = tiny_study(tmp_path, epochs=2)
+    records = study.run_study(["logit", "rkd", "hidden"], cfg, log=None)
+    caches = {r.method: (r.extra["teacher_cache"]["hits"], r.extra["teacher_cache"]["misses"])
+              for r in records if "teacher_cache" in r.extra}  # fmt: skip
+    assert caches == {"logit": (0, 2), "rkd": (2, 0), "hidden": (2, 0)}
+
+
 @pytest.mark.slow
 def test_each_kind_of_job_makes_its_notebooks_calls_and_appends_its_records(tmp_path, monkeypatch):
     from kd_utils import notebook
