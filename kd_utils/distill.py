@@ -407,11 +407,14 @@ class AttentionDistiller(Distiller):
         """Per matched level, where student and teacher maps are compared on images of ``image_shape`` (C, H, W)."""
         image_shape = tuple(image_shape)
         if image_shape not in self._level_sizes:
-            probe = torch.zeros(1, *image_shape, device=next(self.student.parameters()).device)
+
+            def probe(net: nn.Module) -> list[Tensor]:  # on the network's own device: they may differ here
+                return net.forward_features(torch.zeros(1, *image_shape, device=next(net.parameters()).device))
+
             modes = [(m, m.training) for m in self.student.modules()]
             self.student.eval()  # a probe must not move BatchNorm statistics
             with torch.no_grad():
-                s, t = self.student.forward_features(probe), self.teacher.forward_features(probe)
+                s, t = probe(self.student), probe(self.teacher)
             for module, training in modes:  # each module back in its own mode
                 module.training = training
             self._level_sizes[image_shape] = [

@@ -127,6 +127,10 @@ def test_a_comparison_tells_the_cache_every_methods_outputs(tmp_path):
         "baseline": [], "logit": ["logits"], "fitnets": ["logits"], "regressor": [], "logit+regressor": ["logits"],
         "rkd": ["pooled_l2_1x1"], "at": ["attention_p2_l0_8x8", "attention_p2_l1_4x4", "attention_p2_l2_2x2"],
     }  # fmt: skip
+    # the teacher may sit on the GPU while the probed student is built on the CPU: each is probed on its own device
+    # (the meta device stands in for another one: shapes without data)
+    elsewhere = [o.name for o in teacher_outputs_of("at", cfg, data, copy.deepcopy(teacher).to("meta"))]
+    assert elsewhere == names["at"]
     hidden = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, spatial_size=2))
     assert [o.name for o in teacher_outputs_of("hidden", hidden, data, teacher)] == [
         f"pooled_l{j}_2x2" for j in range(3)
