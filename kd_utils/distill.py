@@ -166,6 +166,11 @@ def each_output(outputs: dict) -> list[TeacherOutput]:
     return [o for v in outputs.values() for o in (v if isinstance(v, list) else [v])]
 
 
+def map_outputs(outputs: dict, fn) -> dict:
+    """``{"logits": a, "pooled": [b, c]}`` -> ``{"logits": fn(a), "pooled": [fn(b), fn(c)]}``: the targets' form."""
+    return {k: [fn(o) for o in v] if isinstance(v, list) else fn(v) for k, v in outputs.items()}
+
+
 class Distiller(nn.Module):
     """Base: the student trained with cross-entropy alone (the baseline).
 
@@ -235,10 +240,7 @@ class Distiller(nn.Module):
         if not self.needs:
             return {}
         feats = self.teacher.forward_features(x)
-        out = {
-            k: [o.of(self.teacher, feats) for o in v] if isinstance(v, list) else v.of(self.teacher, feats)
-            for k, v in self.teacher_outputs(tuple(x.shape[1:])).items()
-        }
+        out = map_outputs(self.teacher_outputs(tuple(x.shape[1:])), lambda o: o.of(self.teacher, feats))
         if "maps" in self.needs:
             out["maps"] = [feats[j] for _, j in self.pairs]
         return out

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from .data import TensorLoader
-from .distill import TeacherOutput, each_output
+from .distill import TeacherOutput, each_output, map_outputs
 from .results import atomic_write
 from .train import autocast, epoch_images
 
@@ -99,7 +99,7 @@ class TeacherCache:
             found = {o: values[o] for o in found}
             for group in [tuple(found), *ahead]:  # each run's outputs stored together or not at all
                 self.store(epoch, {o: values[o] for o in group})
-        return {k: [found[o] for o in v] if isinstance(v, list) else found[v] for k, v in outputs.items()}
+        return map_outputs(outputs, found.__getitem__)
 
     def store(self, epoch: int, group: dict[TeacherOutput, Tensor]) -> None:
         """One run's outputs of an epoch, each written whole (atomically); none when together larger than
