@@ -123,6 +123,28 @@ def sweep_done(method: str, sweeps_dir: Path = SWEEPS_DIR) -> bool:
     return (sweeps_dir / f"{sweep_name(method)}-best.json").exists()
 
 
+def defaults_done(method: str, storage: str = SWEEP_STORAGE, sweeps_dir: Path = SWEEPS_DIR) -> bool:
+    """The sweep of ``method`` has finished its trial at the defaults (state COMPLETE in ``storage``, a journal
+    file): that trial's folder is 01-03's run of ``method`` (same settings, same folder), whose validation F1
+    04 reads to pick its method, so neither waits for the rest of the sweep."""
+    if sweep_done(method, sweeps_dir):
+        return True
+    from .storage import journal_path
+
+    path = journal_path(storage)
+    if path is None or not path.is_file():
+        return False
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        trials = optuna.load_study(study_name=sweep_name(method), storage=JournalStorage(JournalFileBackend(str(path))),
+                                   ).get_trials(deepcopy=False)  # fmt: skip
+    except KeyError:  # no such study in the journal yet
+        return False
+    return any(t.user_attrs.get("default") and t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
 # --- the runs -----------------------------------------------------------------------------------------------
 Log = Callable[[str], None] | None
 

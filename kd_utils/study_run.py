@@ -37,25 +37,33 @@ PROGRESS = "study-v2"  # results/<dataset>/<this>/: the re-run's records and job
 
 def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) -> list[study.Job]:
     """The study's jobs in the order one machine takes them: every sweep first (each fixes only its own trials'
-    machine class), then the 15-epoch comparison one seed at a time (``05-seed-S``: the baseline, each method at
-    its sweep's setting and the ablations), the few-label runs, 01-03's candidates and 04's 70-epoch pair. Each
-    job's needs come before it.
+    machine class), then 01-03's seed-0 baseline, the 15-epoch comparison one seed at a time (``05-seed-S``: the
+    baseline, each method at its sweep's setting and the ablations), the few-label runs and 04's 70-epoch pair.
+    Each job's needs come before it; ``sweep-M:defaults`` is met once sweep M's trial at the defaults finished
+    (``defaults_need``): 01-03's candidates are those trials, and 04 trains the best of them by validation F1, so
+    neither waits for the rest of the sweeps (on a machine class other than theirs, 04's runs go on meanwhile).
 
     Seed by seed, not method by method: the teacher's outputs are cached per seed (``teacher_cache``) on a disk
     that a session does not keep, so a job over one seed computes them once for all its runs, where a job over
     one method and five seeds computed five seeds' outputs again every session (75 teacher epochs: 2.5 h on the
     AVX2 EPYC, more than a method's 75 student-epochs)."""
     job = study.Job
+    candidates = tuple(defaults_need(m) for m in study.CANDIDATES)
     jobs = [job("teacher", "00_baseline", "teacher")]
     jobs += [job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in study.SWEEP_ORDER]
+    jobs += [job("01-03", "04_final_run", "candidates", None, ("teacher", *candidates))]
     sweeps = tuple(f"sweep-{m}" for m in study.SWEEP_ORDER)
     jobs += [job(f"05-seed-{s}", "05_method_comparison", "seed", s, sweeps) for s in seeds]
     compared = tuple(f"05-seed-{s}" for s in seeds)
     jobs += [job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, compared) for f in fractions]
-    jobs += [job("01-03", "04_final_run", "candidates", None, tuple(f"sweep-{m}" for m in study.CANDIDATES))]
     jobs += [job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
-    jobs += [job(f"04-final-{s}", "04_final_run", "final", s, ("01-03",)) for s in seeds]
+    jobs += [job(f"04-final-{s}", "04_final_run", "final", s, ("teacher", *candidates)) for s in seeds]
     return jobs
+
+
+def defaults_need(method: str) -> str:
+    """The need a job has of sweep ``method``'s trial at the defaults alone (``finished`` says when it is met)."""
+    return f"sweep-{method}:defaults"
 
 
 @dataclass
@@ -91,14 +99,19 @@ def job_groups(job: study.Job) -> tuple[str, ...]:
         return ()  # chosen from records and loaded: nothing trains
     if job.kind in ("final-baseline", "final"):
         return ("70-epoch",)
+    if job.kind == "candidates":  # its seed-0 baseline sits beside the candidates: the sweeps' trials at the defaults
+        return tuple(f"sweep-{m}" for m in study.CANDIDATES)
     if job.kind == "few-labels":
         return (f"few-{job.arg:g}",)
     return ("15-epoch",)
 
 
 def finished(done: set[str]) -> set[str]:
-    """``done`` and every sweep that scored its choice (wherever it ran)."""
-    return set(done) | {j.name for j in runner_jobs() if j.kind == "sweep" and study.sweep_done(j.arg)}
+    """``done``, every sweep that scored its choice (wherever it ran) and ``defaults_need`` of each candidate
+    sweep whose trial at the defaults finished."""
+    sweeps = {j.name for j in runner_jobs() if j.kind == "sweep" and study.sweep_done(j.arg)}
+    defaults = {defaults_need(m) for m in study.CANDIDATES if study.defaults_done(m)}
+    return set(done) | sweeps | defaults
 
 
 def pending_jobs(done: set[str]) -> list[study.Job]:
@@ -233,10 +246,11 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
     )
     while time.monotonic() < deadline:
         runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
+        met = finished(set(state["jobs"]))  # once a round: it reads the sweeps' journal
         skipped = []
         job = None
         for candidate in runnable:
-            if candidate.name in failed or not set(candidate.needs) <= finished(set(state["jobs"])):
+            if candidate.name in failed or not set(candidate.needs) <= met:
                 continue
             other = [g for g in job_groups(candidate) if state["groups"].get(g, machine) != machine]
             if other:

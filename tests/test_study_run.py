@@ -65,7 +65,8 @@ def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
     assert [(j.name, j.arg) for j in seed_jobs] == [(f"05-seed-{s}", s) for s in study.STUDY_SEEDS]
     assert all(set(study_run.tuned_methods(j)) == set(STUDENT_METHODS) - {"baseline"} for j in seed_jobs)
     assert all(j.kind not in ("compare", "ablations") for j in jobs)  # the seed jobs train them
-    assert all(set(j.needs) <= set(names[:i]) for i, j in enumerate(jobs))  # each job's needs run before it
+    # each job's needs run before it (a need of a sweep's trial at the defaults: that sweep)
+    assert all({n.removesuffix(":defaults") for n in j.needs} <= set(names[:i]) for i, j in enumerate(jobs))
     assert set(jobs[names.index("05-few-0.1")].needs) == {j.name for j in seed_jobs}
     assert study_run.job_groups(jobs[1]) == ("sweep-logit",) and study_run.job_groups(jobs[0]) == ()
     assert study_run.job_groups(jobs[names.index("04-final-1")]) == ("70-epoch",)
@@ -102,6 +103,57 @@ def test_the_queue_keeps_each_comparison_on_the_machine_class_that_started_it(tm
     study_run.run_queue(1.0, progress, log=lines.append)
     assert started == []  # finished jobs are not run again
     assert "04-baseline-1" in study_run.status(progress).splitlines()[-1]  # still left
+
+
+def test_04_trains_on_while_a_candidate_sweep_waits_for_its_machine_class(tmp_path, monkeypatch):
+    """The regressor sweep, begun on an EPYC, is unfinished; its trial at the defaults (01-03's regressor run) is
+    done. On the Xeon that holds the 70-epoch comparison, 04's runs go on: 04 picks among the defaults' runs;
+    01-03's seed-0 baseline waits for the candidates' class, and notebook 05's seeds for the sweep."""
+    epyc, xeon = "cpu: AMD EPYC, 2 cores float32", "cpu: Intel(R) Xeon(R) Processor, 2 cores float32"
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: method != "regressor")
+    defaults = {"regressor"}
+    monkeypatch.setattr(study, "defaults_done", lambda method, *_: method != "regressor" or method in defaults)
+    monkeypatch.setattr(study_run, "this_machine_class", lambda: xeon)
+    progress = study_run.Progress(tmp_path / "study-v2")
+    groups = {"sweep-logit": epyc, "sweep-hidden": epyc, "sweep-regressor": epyc, "70-epoch": xeon}
+    progress.save({"jobs": {"teacher": {"machine": epyc, "seconds": 1}}, "groups": groups})
+    started = []
+    monkeypatch.setattr(study_run, "run_subprocess", lambda job, *_: started.append(job.name) or ("ok", 1.0))
+    lines = []
+    study_run.run_queue(1.0, progress, log=lines.append)
+    assert started == [f"04-baseline-{s}" for s in study.STUDY_SEEDS] + [f"04-final-{s}" for s in study.STUDY_SEEDS]
+    assert any(line.startswith("skipped, another machine class: 01-03 (sweep-logit trains on cpu: AMD EPYC")
+               for line in lines)  # fmt: skip
+    assert "15-epoch" not in progress.load()["groups"]  # no 05 seed started
+    defaults.clear()  # the trial at the defaults not finished yet: 04 has no candidates to pick from
+    progress.save({"jobs": {"teacher": {"machine": epyc, "seconds": 1}}, "groups": groups})
+    started.clear()
+    study_run.run_queue(1.0, progress, log=lambda line: None)
+    assert started == [f"04-baseline-{s}" for s in study.STUDY_SEEDS]
+
+
+def test_a_sweeps_trial_at_the_defaults_counts_once_it_completed(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = tmp_path / "sweeps.journal"
+    storage = f"journal:///{path}"
+    assert not study.defaults_done("regressor", storage, tmp_path)  # no journal
+    journal = JournalStorage(JournalFileBackend(str(path)))
+    found = optuna.create_study(study_name=study.sweep_name("regressor"), storage=journal, direction="maximize")
+    assert not study.defaults_done("hidden", storage, tmp_path)  # no study of it in the journal
+    found.enqueue_trial({"w": 100.0}, user_attrs={"default": True})
+    cut = found.ask()
+    found.tell(cut, state=optuna.trial.TrialState.FAIL)  # interrupted at a session's end
+    found.tell(found.ask(), 0.93)  # another setting, complete
+    assert not study.defaults_done("regressor", storage, tmp_path)
+    found.enqueue_trial({"w": 100.0}, user_attrs={"default": True})  # the defaults, queued again
+    again = found.ask()
+    assert again.user_attrs.get("default")
+    found.tell(again, 0.92)
+    assert study.defaults_done("regressor", storage, tmp_path)
+    (tmp_path / f"{study.sweep_name('logit')}-best.json").write_text("{}")  # a scored sweep: done, whatever the journal
+    assert study.defaults_done("logit", f"journal:///{tmp_path / 'none.journal'}", tmp_path)
 
 
 def test_a_job_stopped_at_the_deadline_is_not_marked_done(tmp_path, monkeypatch):
