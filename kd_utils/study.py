@@ -126,16 +126,18 @@ def sweep_done(method: str, sweeps_dir: Path = SWEEPS_DIR) -> bool:
 def defaults_done(method: str, storage: str = SWEEP_STORAGE, sweeps_dir: Path = SWEEPS_DIR) -> bool:
     """The sweep of ``method`` has finished its trial at the defaults (state COMPLETE in ``storage``, a journal
     file): that trial's folder is 01-03's run of ``method`` (same settings, same folder), whose validation F1
-    04 reads to pick its method, so neither waits for the rest of the sweep."""
+    04 reads to pick its method, so neither waits for the rest of the sweep. Without Optuna (the ``tune`` extra)
+    the journal is unread: only a scored sweep counts."""
     if sweep_done(method, sweeps_dir):
         return True
-    from .storage import journal_path
-
-    path = journal_path(storage)
-    if path is None or not path.is_file():
+    path = Path(storage.removeprefix("journal:///"))
+    if not storage.startswith("journal:///") or not path.is_file():
         return False
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    try:
+        import optuna
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+    except ImportError:
+        return False
 
     try:
         trials = optuna.load_study(study_name=sweep_name(method), storage=JournalStorage(JournalFileBackend(str(path))),

@@ -107,11 +107,14 @@ def job_groups(job: study.Job) -> tuple[str, ...]:
 
 
 def finished(done: set[str]) -> set[str]:
-    """``done``, every sweep that scored its choice (wherever it ran) and ``defaults_need`` of each candidate
-    sweep whose trial at the defaults finished."""
-    sweeps = {j.name for j in runner_jobs() if j.kind == "sweep" and study.sweep_done(j.arg)}
-    defaults = {defaults_need(m) for m in study.CANDIDATES if study.defaults_done(m)}
-    return set(done) | sweeps | defaults
+    """``done`` and every sweep that scored its choice (wherever it ran)."""
+    return set(done) | {j.name for j in runner_jobs() if j.kind == "sweep" and study.sweep_done(j.arg)}
+
+
+def needs_met(done: set[str]) -> set[str]:
+    """``finished(done)`` and ``defaults_need`` of each candidate sweep whose trial at the defaults finished (read
+    from the sweeps' journal)."""
+    return finished(done) | {defaults_need(m) for m in study.CANDIDATES if study.defaults_done(m)}
 
 
 def pending_jobs(done: set[str]) -> list[study.Job]:
@@ -246,7 +249,7 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
     )
     while time.monotonic() < deadline:
         runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
-        met = finished(set(state["jobs"]))  # once a round: it reads the sweeps' journal
+        met = needs_met(set(state["jobs"]))  # once a round: it reads the sweeps' journal
         skipped = []
         job = None
         for candidate in runnable:
