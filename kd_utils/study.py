@@ -130,15 +130,16 @@ def defaults_done(method: str, storage: str = SWEEP_STORAGE, sweeps_dir: Path = 
     the journal is unread: only a scored sweep counts."""
     if sweep_done(method, sweeps_dir):
         return True
-    path = Path(storage.removeprefix("journal:///"))
-    if not storage.startswith("journal:///") or not path.is_file():
-        return False
     try:
         import optuna
         from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        from .storage import journal_path  # imports Optuna
     except ImportError:
         return False
-
+    path = journal_path(storage)
+    if path is None or not path.is_file():
+        return False
     try:
         trials = optuna.load_study(study_name=sweep_name(method), storage=JournalStorage(JournalFileBackend(str(path))),
                                    ).get_trials(deepcopy=False)  # fmt: skip

@@ -62,7 +62,7 @@ def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) ->
 
 
 def defaults_need(method: str) -> str:
-    """The need a job has of sweep ``method``'s trial at the defaults alone (``finished`` says when it is met)."""
+    """The need a job has of sweep ``method``'s trial at the defaults alone (``needs_met`` says when it is met)."""
     return f"sweep-{method}:defaults"
 
 
