@@ -6,6 +6,9 @@ interval over seeds and test images (Holm-adjusted across the claims), and the c
     changed  the direction stands but the verdict does not (a gain only before Holm's adjustment; a pair said to
              be indistinguishable now told apart)
     fell     a stated gain or loss is within noise now, or reversed
+
+While a pair has fewer seeds than the study plans, its verdict is marked "interim, k of n seeds": more seeds
+narrow the interval and can turn it.
 """
 
 from __future__ import annotations
@@ -70,9 +73,11 @@ def find_run(pattern: str, grouped: Grouped) -> str | None:
     return next((n for n in grouped if fnmatch.fnmatchcase(n, pattern) and "-semi" not in n), None)
 
 
-def claim_rows(grouped: Grouped, claims=PROTOCOL_1, evidence: Evidence | None = None) -> list[dict]:
+def claim_rows(
+    grouped: Grouped, claims=PROTOCOL_1, evidence: Evidence | None = None, planned_seeds: int | None = None
+) -> list[dict]:
     """Per claim: the re-run's pair (names, seeds), its gain and interval, and held / changed / fell (or why
-    there is no verdict yet)."""
+    there is no verdict yet); a verdict over fewer seeds than ``planned_seeds`` reads "interim, k of n seeds"."""
     evidence = evidence or Evidence([r for seeds in grouped.values() for r in seeds.values()])
     rows = []
     for claim in claims:
@@ -84,6 +89,9 @@ def claim_rows(grouped: Grouped, claims=PROTOCOL_1, evidence: Evidence | None = 
         if i in adjusted:
             row["pair"].primary.p_holm = adjusted[i]
         row["outcome"] = outcome(row["claim"], row["pair"])
+        seeds = len(row["pair"].seeds) if row["pair"] else 0
+        if planned_seeds and 0 < seeds < planned_seeds:
+            row["outcome"] = f"interim, {seeds} of {planned_seeds} seeds: {row['outcome']}"
     return rows
 
 

@@ -48,6 +48,7 @@ from .ranking import family_title, findings_text, pairs_table, rank, ranking_tab
 from .records import RunRecord, read_records
 from .results import atomic_write, load_records
 from .stats import mean_std
+from .study import STUDY_SEEDS
 from .teacher_choice import teacher_choice_table
 
 
@@ -403,7 +404,11 @@ def render_dataset(runs_file: Path, results_dir: Path, pictures: Path, data_dir:
     rerun = runs_file.parent / "study-v2" / "runs.json"  # the re-made study's records (`study run`)
     if rerun.exists():
         rerun_records = load_records(rerun)
-        rows = claim_rows(group_runs(rerun_records), evidence=Evidence(read_records(rerun_records), labels))
+        rows = claim_rows(
+            group_runs(rerun_records),
+            evidence=Evidence(read_records(rerun_records), labels),
+            planned_seeds=len(STUDY_SEEDS),
+        )
         blocks[f"results:{dataset}:claims"] = claims_table(rows)
     archived = [r for path in sorted(runs_file.parent.glob("archive/*.json")) for r in load_records(path)]
     teachers = teacher_choice_table([*archived, *records])  # the recipes tried, some in earlier studies' files

@@ -177,3 +177,6 @@ def test_each_previous_claim_is_read_as_held_changed_or_fell():
     assert [r["outcome"] for r in rows] == ["held", "fell: reversed", "held", "held", "not run yet", "held",
                                             "changed: now a gain"]  # fmt: skip
     assert rows[3]["a"] == "good" and "| good beats bad | beats | good vs bad | 3 |" in claims_table(rows)
+    rows = claim_rows(group_runs(study()), claims[:2], planned_seeds=5)  # the study plans 5 seeds; 3 are in
+    assert [r["outcome"] for r in rows] == ["interim, 3 of 5 seeds: held", "interim, 3 of 5 seeds: fell: reversed"]
+    assert claim_rows(group_runs(study()), claims[4:5], planned_seeds=5)[0]["outcome"] == "not run yet"
