@@ -43,12 +43,12 @@ from .comparison import (  # noqa: F401 - the notebooks read the comparison thro
 )
 from .datasets import dataset_info
 from .evidence import Evidence, stored_test_labels
+from .protocol import STUDY_SEEDS, SWEEP_DATASET
 from .provenance import notebook_times, provenance, sweep_table  # noqa: F401 - read through the report
 from .ranking import family_title, findings_text, pairs_table, rank, ranking_table
 from .records import RunRecord, read_records
 from .results import atomic_write, load_records
 from .stats import mean_std
-from .study import STUDY_SEEDS
 from .teacher_choice import teacher_choice_table
 
 
@@ -372,8 +372,7 @@ def render_report(
 
 def study_progress(results_dir: Path) -> str | None:
     """The re-run's job log (``study run``), when there is one: jobs done, where, how long; what is left."""
-    from .study import SWEEP_DATASET  # lazy: the trainer loads only where a re-run is in progress
-    from .study_run import PROGRESS, Progress, status
+    from .study_run import PROGRESS, Progress, status  # lazy: the trainer loads only where a re-run is in progress
 
     progress = Progress(results_dir / SWEEP_DATASET / PROGRESS)
     return status(progress) if progress.jobs_file.exists() else None
