@@ -22,6 +22,7 @@ from .models import build_model
 from .packs import records_of, train_runs
 from .protocol import (  # noqa: F401 - the protocol's names, read through the study
     CANDIDATES,
+    DEFERRED_METHODS,
     FEW_LABEL_FRACTIONS,
     FINAL_EPOCHS,
     LOGIT_METHODS,

@@ -38,7 +38,8 @@ PROGRESS = "study-v2"  # results/<dataset>/<this>/: the re-run's records and job
 def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) -> list[study.Job]:
     """The study's jobs in the order one machine takes them: every sweep first (each fixes only its own trials'
     machine class), then 01-03's seed-0 baseline, the 15-epoch comparison one seed at a time (``05-seed-S``: the
-    baseline, each method at its sweep's setting and the ablations), the few-label runs and 04's 70-epoch pair.
+    baseline, each method at its sweep's setting and the ablations; ``DEFERRED_METHODS``, each in a job of its own
+    over every seed, ``05-<method>``, after them), the few-label runs and 04's 70-epoch pair.
     Each job's needs come before it; ``sweep-M:defaults`` is met once sweep M's trial at the defaults finished
     (``defaults_need``): 01-03's candidates are those trials, and 04 trains the best of them by validation F1, so
     neither waits for the rest of the sweeps (on a machine class other than theirs, 04's runs go on meanwhile).
@@ -52,13 +53,20 @@ def runner_jobs(seeds=study.STUDY_SEEDS, fractions=study.FEW_LABEL_FRACTIONS) ->
     jobs = [job("teacher", "00_baseline", "teacher")]
     jobs += [job(f"sweep-{m}", "05_method_comparison", "sweep", m, ("teacher",)) for m in study.SWEEP_ORDER]
     jobs += [job("01-03", "04_final_run", "candidates", None, ("teacher", *candidates))]
-    sweeps = tuple(f"sweep-{m}" for m in study.SWEEP_ORDER)
+    sweeps = tuple(f"sweep-{m}" for m in seed_job_methods())
     jobs += [job(f"05-seed-{s}", "05_method_comparison", "seed", s, sweeps) for s in seeds]
+    jobs += [job(f"05-{m}", "05_method_comparison", "compare", m, (f"sweep-{m}",)) for m in study.DEFERRED_METHODS]
     compared = tuple(f"05-seed-{s}" for s in seeds)
     jobs += [job(f"05-few-{f:g}", "05_method_comparison", "few-labels", f, compared) for f in fractions]
     jobs += [job(f"04-baseline-{s}", "04_final_run", "final-baseline", s, ("teacher",)) for s in seeds]
     jobs += [job(f"04-final-{s}", "04_final_run", "final", s, ("teacher", *candidates)) for s in seeds]
     return jobs
+
+
+def seed_job_methods() -> list[str]:
+    """The methods a seed job (``05-seed-S``) trains: every swept one but ``DEFERRED_METHODS``, which have a
+    job of their own over every seed (``05-<method>``)."""
+    return [m for m in study.SWEEP_ORDER if m not in study.DEFERRED_METHODS]
 
 
 def defaults_need(method: str) -> str:
@@ -176,7 +184,7 @@ def run_job(job: study.Job, profile: str = "full", dataset: str = study.SWEEP_DA
     elif job.kind == "compare":
         study.compare_methods(cfg, data, teacher, [job.arg], seeds, sweeps, records_path)
     elif job.kind == "seed":  # notebook 05's two calls, for one seed: every run of it reads one teacher stream
-        study.compare_methods(cfg, data, teacher, list(study.SWEEP_ORDER), [job.arg], sweeps, records_path)
+        study.compare_methods(cfg, data, teacher, seed_job_methods(), [job.arg], sweeps, records_path)
         study.ablation_runs(cfg, data, teacher, study.ABLATIONS, [job.arg], sweeps, records_path)
     elif job.kind == "ablations":
         study.ablation_runs(cfg, data, teacher, study.ABLATIONS, seeds, sweeps, records_path)
@@ -204,7 +212,7 @@ def tuned_methods(job: study.Job) -> list[str]:
     if job.kind in ("compare", "sweep"):
         return [job.arg]
     if job.kind == "seed":
-        return list(study.SWEEP_ORDER)
+        return seed_job_methods()
     if job.kind == "ablations":
         return [a.of for a in study.ABLATIONS]
     return list(study.LOGIT_METHODS) if job.kind == "few-labels" else []
@@ -238,7 +246,9 @@ def _append(path: str | Path | None, record) -> None:
 # --- the queue ---------------------------------------------------------------------------------------------------
 def run_queue(hours: float, progress: Progress, only: list[str] | None = None, log=print) -> int:
     """Start the pending jobs one at a time until ``hours`` are up (the running one is stopped then, with its
-    last finished epoch on disk). Returns 0 when every pending job it could take finished, else 1."""
+    last finished epoch on disk). Jobs of comparisons already begun go first, in ``runner_jobs`` order, so that a
+    comparison is finished before another starts (a half-done one gives only interim verdicts). Returns 0 when
+    every pending job it could take finished, else 1."""
     deadline = time.monotonic() + hours * 3600
     machine = this_machine_class()
     state = progress.load()
@@ -249,6 +259,7 @@ def run_queue(hours: float, progress: Progress, only: list[str] | None = None, l
     )
     while time.monotonic() < deadline:
         runnable = [j for j in pending_jobs(set(state["jobs"])) if only is None or j.name in only]
+        runnable.sort(key=lambda j: not all(g in state["groups"] for g in job_groups(j)))  # begun comparisons first
         met = needs_met(set(state["jobs"]))  # once a round: it reads the sweeps' journal
         skipped = []
         job = None

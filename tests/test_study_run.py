@@ -63,8 +63,17 @@ def test_the_order_one_machine_takes_never_waits_and_sweeps_first(monkeypatch):
     assert {f"sweep-{m}" for m in STUDENT_METHODS} <= set(names)
     seed_jobs = [j for j in jobs if j.kind == "seed"]
     assert [(j.name, j.arg) for j in seed_jobs] == [(f"05-seed-{s}", s) for s in study.STUDY_SEEDS]
-    assert all(set(study_run.tuned_methods(j)) == set(STUDENT_METHODS) - {"baseline"} for j in seed_jobs)
-    assert all(j.kind not in ("compare", "ablations") for j in jobs)  # the seed jobs train them
+    # every method's 15-epoch runs, once per seed: in the seed jobs, or (DEFERRED_METHODS: a sweep left to one
+    # machine class) in a job of its own over every seed, which alone waits for that sweep
+    compare_jobs = [j for j in jobs if j.kind == "compare"]
+    assert [j.name for j in compare_jobs] == [f"05-{m}" for m in study.DEFERRED_METHODS] == ["05-regressor"]
+    for j in seed_jobs:
+        trained = study_run.tuned_methods(j) + [m for c in compare_jobs for m in study_run.tuned_methods(c)]
+        assert sorted(trained) == sorted(set(STUDENT_METHODS) - {"baseline"})
+        assert "sweep-regressor" not in j.needs and "sweep-logit+regressor" in j.needs
+    assert compare_jobs[0].needs == ("sweep-regressor",)
+    assert {study_run.job_groups(j) for j in [*seed_jobs, *compare_jobs]} == {("15-epoch",)}  # one class for all
+    assert all(j.kind != "ablations" for j in jobs)  # the seed jobs train them
     # each job's needs run before it (a need of a sweep's trial at the defaults: that sweep)
     assert all({n.removesuffix(":defaults") for n in j.needs} <= set(names[:i]) for i, j in enumerate(jobs))
     assert set(jobs[names.index("05-few-0.1")].needs) == {j.name for j in seed_jobs}
@@ -107,8 +116,9 @@ def test_the_queue_keeps_each_comparison_on_the_machine_class_that_started_it(tm
 
 def test_04_trains_on_while_a_candidate_sweep_waits_for_its_machine_class(tmp_path, monkeypatch):
     """The regressor sweep, begun on an EPYC, is unfinished; its trial at the defaults (01-03's regressor run) is
-    done. On the Xeon that holds the 70-epoch comparison, 04's runs go on: 04 picks among the defaults' runs;
-    01-03's seed-0 baseline waits for the candidates' class, and notebook 05's seeds for the sweep."""
+    done. On the Xeon that holds the 70-epoch comparison, 04's runs go on first (a begun comparison): 04 picks among
+    the defaults' runs; then notebook 05's seeds and few-label runs. 01-03's seed-0 baseline waits for the
+    candidates' class, and the regressor's 15-epoch runs (``05-regressor``) for its sweep."""
     epyc, xeon = "cpu: AMD EPYC, 2 cores float32", "cpu: Intel(R) Xeon(R) Processor, 2 cores float32"
     monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: method != "regressor")
     defaults = {"regressor"}
@@ -121,15 +131,19 @@ def test_04_trains_on_while_a_candidate_sweep_waits_for_its_machine_class(tmp_pa
     monkeypatch.setattr(study_run, "run_subprocess", lambda job, *_: started.append(job.name) or ("ok", 1.0))
     lines = []
     study_run.run_queue(1.0, progress, log=lines.append)
-    assert started == [f"04-baseline-{s}" for s in study.STUDY_SEEDS] + [f"04-final-{s}" for s in study.STUDY_SEEDS]
+    seeds = [f"05-seed-{s}" for s in study.STUDY_SEEDS]
+    few = [f"05-few-{f:g}" for f in study.FEW_LABEL_FRACTIONS]
+    baselines = [f"04-baseline-{s}" for s in study.STUDY_SEEDS]
+    finals = [f"04-final-{s}" for s in study.STUDY_SEEDS]
+    assert started == baselines + finals + seeds + few  # the begun comparison first; not 05-regressor: no sweep
     assert any(line.startswith("skipped, another machine class: 01-03 (sweep-logit trains on cpu: AMD EPYC")
                for line in lines)  # fmt: skip
-    assert "15-epoch" not in progress.load()["groups"]  # no 05 seed started
+    assert progress.load()["groups"]["15-epoch"] == xeon
     defaults.clear()  # the trial at the defaults not finished yet: 04 has no candidates to pick from
     progress.save({"jobs": {"teacher": {"machine": epyc, "seconds": 1}}, "groups": groups})
     started.clear()
     study_run.run_queue(1.0, progress, log=lambda line: None)
-    assert started == [f"04-baseline-{s}" for s in study.STUDY_SEEDS]
+    assert started == baselines + seeds + few
 
 
 def test_a_sweeps_trial_at_the_defaults_counts_once_it_completed(tmp_path):
@@ -272,11 +286,12 @@ def test_each_kind_of_job_makes_its_notebooks_calls_and_appends_its_records(tmp_
     # 0.150 against the refusal's 1.5 x 0.1 on an AVX512-BF16 EPYC, above it on an AVX2 one). What this test asks is
     # that each job makes its calls; the refusal has its own test (test_cli.py)
     monkeypatch.setattr("kd_utils.teacher.CHANCE_FACTOR", 0.0)
-    for name in ("teacher", "05-seed-1", "04-baseline-1", "05-few-0.1"):  # as `study job` runs them
+    for name in ("teacher", "05-seed-1", "05-regressor", "04-baseline-1", "05-few-0.1"):  # as `study job` runs them
         study_run.run_job(jobs[name], "smoke", "fashion-mnist", str(tmp_path / "out"), path, sweep_only=True)
     names = {(r.name, r.seed) for r in load_records(path)}
     assert {("teacher", 0), ("baseline", 1), ("final-baseline", 1)} <= names  # SEED 0: the teacher's
     assert {("logit+regressor", 1), ("fitnets", 1)} <= names  # the seed job's methods (smoke: no sweep, defaults)
+    assert ("regressor", 1) in names  # a deferred method's own job
     assert {("logit+regressor-no-regressor", 1), ("fitnets-no-hint", 1), ("baseline@10%labels", 1)} <= names
     assert {("logit@10%labels", 1), ("teacher@10%labels", 0), ("logit-semi@10%labels", 1)} <= names
 
