@@ -77,7 +77,8 @@ def claim_rows(
     grouped: Grouped, claims=PROTOCOL_1, evidence: Evidence | None = None, planned_seeds: int | None = None
 ) -> list[dict]:
     """Per claim: the re-run's pair (names, seeds), its gain and interval, and held / changed / fell (or why
-    there is no verdict yet); a verdict over fewer seeds than ``planned_seeds`` reads "interim, k of n seeds"."""
+    there is no verdict yet); a verdict over fewer seeds than ``planned_seeds`` reads "interim, k of n seeds" (a
+    "no verdict" stays as it is)."""
     evidence = evidence or Evidence([r for seeds in grouped.values() for r in seeds.values()])
     rows = []
     for claim in claims:
@@ -90,7 +91,7 @@ def claim_rows(
             row["pair"].primary.p_holm = adjusted[i]
         row["outcome"] = outcome(row["claim"], row["pair"])
         seeds = len(row["pair"].seeds) if row["pair"] else 0
-        if planned_seeds and 0 < seeds < planned_seeds:
+        if planned_seeds and 0 < seeds < planned_seeds and not row["outcome"].startswith("no verdict"):
             row["outcome"] = f"interim, {seeds} of {planned_seeds} seeds: {row['outcome']}"
     return rows
 

@@ -180,3 +180,5 @@ def test_each_previous_claim_is_read_as_held_changed_or_fell():
     rows = claim_rows(group_runs(study()), claims[:2], planned_seeds=5)  # the study plans 5 seeds; 3 are in
     assert [r["outcome"] for r in rows] == ["interim, 3 of 5 seeds: held", "interim, 3 of 5 seeds: fell: reversed"]
     assert claim_rows(group_runs(study()), claims[4:5], planned_seeds=5)[0]["outcome"] == "not run yet"
+    confounded = claim_rows(group_runs(records), claims[1:2], planned_seeds=5)[0]["outcome"]
+    assert confounded.startswith("no verdict: confounded")  # no "interim" before a verdict there is not
