@@ -381,9 +381,10 @@ def test_the_audit_checks_what_the_issue_asks_of_the_stored_study(tmp_path):
     assert study_run.audit(records, sweeps, jobs_left=[])[0] == ("every job of the study finished", True, "all")
 
 
-def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
+def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path, monkeypatch):
     from kd_utils.report import render_report
 
+    monkeypatch.setattr(study, "sweep_done", lambda method, sweeps_dir=None: False)  # not the checkout's journal
     progress = study_run.Progress(tmp_path / "results" / "fashion-mnist" / study_run.PROGRESS)
     progress.save({"jobs": {"teacher": {"machine": "cpu: X float32", "seconds": 7200, "finished": "2026-12-01"}},
                    "groups": {"sweep-logit": "cpu: X float32"}})  # fmt: skip
@@ -395,7 +396,7 @@ def test_the_report_renders_the_re_runs_progress_into_the_readme(tmp_path):
         "| teacher | cpu: X float32 | not recorded | 2.00 | last only | 2026-12-01 |" in text
         and "| sweep-logit | cpu: X float32 |" in text
     )
-    assert "old" not in text and "jobs left: sweep-" in text
+    assert "old" not in text and "jobs left: sweep-logit, sweep-dist" in text
 
 
 def test_a_job_gives_its_sweep_process_time_to_clean_up_after_ctrl_c(tmp_path):
